@@ -1,0 +1,16 @@
+"""Model registry table in PostgreSQL, written by training and read by the scorer."""
+
+from __future__ import annotations
+
+REGISTRY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_registry (
+    version         text        PRIMARY KEY,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    artifact_path   text        NOT NULL,
+    artifact_sha256 text        NOT NULL,
+    feature_names   jsonb       NOT NULL,
+    metrics         jsonb       NOT NULL,
+    threshold       double precision NOT NULL,
+    stage           text        NOT NULL DEFAULT 'production'
+);
+"""

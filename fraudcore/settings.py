@@ -1,0 +1,36 @@
+"""Connection settings shared by every deployable, read from ``FRAUD_*`` variables.
+
+Each deployable extends :class:`PlatformSettings` with its own fields, reads it
+once at start-up and passes it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PlatformSettings(BaseSettings):
+    """Where the servers are and what the topics and stores are called."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    pg_dsn: str = "postgresql://fraud:fraud@127.0.0.1:15432/fraud"
+
+    transactions_topic: str = "transactions"
+    labels_topic: str = "labels"
+    decisions_topic: str = "decisions"
+    dead_letter_topic: str = "dead-letters"
+
+    # Prefix of every Redis key, so that several deployments can share a server.
+    redis_prefix: str = "fraud"
+
+    data_dir: Path = REPO_ROOT.parent / "shared" / "data" / "fraud-handbook"
+    state_dir: Path = REPO_ROOT / ".state"
+    offline_store: Path = REPO_ROOT / ".state" / "offline"
+    model_dir: Path = REPO_ROOT / ".state" / "models"
