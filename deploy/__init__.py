@@ -1,0 +1,1 @@
+"""Deployment: the local stack, the jars it needs, and the cluster manifests."""

@@ -1,0 +1,441 @@
+"""Local stack: a Kafka broker, Redis and PostgreSQL on 127.0.0.1, started natively.
+
+``python -m deploy.stack up`` starts each server that is not already reachable and
+waits until it answers; ``down`` stops only the servers this module started, by
+the PIDs it recorded. State, logs and PID files live under ``FRAUD_STATE_DIR``
+(``.state/`` by default). Setting ``FRAUD_KAFKA_BOOTSTRAP``, ``FRAUD_REDIS_URL`` or
+``FRAUD_PG_DSN`` points at an existing server instead, and that server is then
+never started nor stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fraudcore.settings import REPO_ROOT, PlatformSettings
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 90
+STOP_TIMEOUT_SECONDS = 30
+TOPIC_PARTITIONS = 2
+
+
+class StackError(RuntimeError):
+    """A server of the local stack could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Folders of the local stack under the state directory."""
+
+    root: Path
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def jars(self) -> Path:
+        return self.root / "jars"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (or a URL with both) into its parts."""
+    if "://" in address:
+        parts = urlsplit(address)
+        return parts.hostname or "127.0.0.1", parts.port or 0
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def is_listening(host: str, port: int) -> bool:
+    """Return whether a TCP connection to ``host:port`` succeeds within a second."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_jars(pom: Path, target: Path) -> list[Path]:
+    """Copy the jars a POM depends on into ``target`` once, and return them.
+
+    Raises:
+        StackError: if Maven fails; its output is in the message.
+    """
+    marker = target / ".complete"
+    if not marker.exists():
+        log.info("resolving jars of %s from Maven Central into %s", pom.name, target)
+        target.mkdir(parents=True, exist_ok=True)
+        command = [
+            "mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+            f"-DoutputDirectory={target}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StackError(f"mvn failed for {pom}: {result.stdout}{result.stderr}")
+        marker.write_text(pom.read_text())
+    return sorted(target.glob("*.jar"))
+
+
+def flink_jars(settings: PlatformSettings) -> list[Path]:
+    """Return the connector jars of the PyFlink jobs, resolving them if needed."""
+    paths = Paths(settings.state_dir)
+    pom = REPO_ROOT / "deploy" / "local" / "flink-pom.xml"
+    return resolve_jars(pom, paths.jars / "flink")
+
+
+def _spawn(
+    name: str, command: list[str], paths: Paths, user: str | None = None
+) -> int:
+    log_file = paths.log_file(name).open("ab")
+    process = subprocess.Popen(
+        command,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        user=user,
+    )
+    paths.pid_file(name).write_text(f"{process.pid}\n")
+    log.info("started %s (pid %d), log %s", name, process.pid, paths.log_file(name))
+    return process.pid
+
+
+def _wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise StackError(
+                f"{name} exited during start-up; see {paths.log_file(name)}:\n"
+                + _tail(paths.log_file(name))
+            )
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            log.debug("%s not ready yet: %s", name, exc)
+        time.sleep(0.5)
+    raise StackError(
+        f"{name} did not become ready within {READY_TIMEOUT_SECONDS} s; "
+        f"see {paths.log_file(name)}:\n" + _tail(paths.log_file(name))
+    )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- Kafka ------------------------------------------------------------------
+
+
+def _kafka_properties(host: str, port: int, data_dir: Path) -> str:
+    controller = f"{host}:{port + 1}"
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={controller}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{controller}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            f"num.partitions={TOPIC_PARTITIONS}",
+            "auto.create.topics.enable=false",
+            "",
+        ]
+    )
+
+
+def start_kafka(settings: PlatformSettings, paths: Paths) -> None:
+    """Start a single-node KRaft broker unless one answers at the bootstrap address."""
+    host, port = host_port(settings.kafka_bootstrap)
+    if is_listening(host, port):
+        log.info("kafka already reachable at %s", settings.kafka_bootstrap)
+    elif "FRAUD_KAFKA_BOOTSTRAP" in os.environ:
+        raise StackError(f"kafka is not reachable at {settings.kafka_bootstrap}")
+    else:
+        _launch_kafka(host, port, paths)
+    create_topics(settings)
+
+
+def _launch_kafka(host: str, port: int, paths: Paths) -> None:
+    pom = REPO_ROOT / "deploy" / "local" / "kafka-pom.xml"
+    jars = resolve_jars(pom, paths.jars / "kafka")
+    classpath = ":".join(str(jar) for jar in jars)
+    home = paths.root / "kafka"
+    data_dir = home / "data"
+    config = home / "server.properties"
+    home.mkdir(parents=True, exist_ok=True)
+    config.write_text(_kafka_properties(host, port, data_dir))
+    java = ["java", "-Xms256m", "-Xmx768m", "-cp", classpath]
+    if not (data_dir / "meta.properties").exists():
+        cluster_id = _kafka_cluster_id()
+        storage = ["kafka.tools.StorageTool", "format", "--standalone"]
+        storage += ["-t", cluster_id, "-c", str(config)]
+        subprocess.run(java + storage, check=True, capture_output=True)
+    log4j = REPO_ROOT / "deploy" / "local" / "kafka-log4j2.yaml"
+    command = java + [f"-Dlog4j2.configurationFile={log4j}", "kafka.Kafka", str(config)]
+    pid = _spawn("kafka", command, paths)
+    # Probe the port first: librdkafka logs every refused connection to stderr.
+    ready = lambda: is_listening(host, port) and _kafka_answers(f"{host}:{port}")  # noqa: E731
+    _wait_until("kafka", ready, paths, pid)
+
+
+def _kafka_cluster_id() -> str:
+    # A KRaft cluster id is a base64 (URL-safe, unpadded) 16-byte UUID.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _kafka_answers(bootstrap: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(timeout=2)
+    return bool(metadata.brokers)
+
+
+def create_topics(settings: PlatformSettings) -> None:
+    """Create the platform's topics that do not exist yet."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    names = [
+        settings.transactions_topic,
+        settings.labels_topic,
+        settings.decisions_topic,
+        settings.dead_letter_topic,
+    ]
+    missing = [NewTopic(n, TOPIC_PARTITIONS, 1) for n in names if n not in existing]
+    for name, future in admin.create_topics(missing).items() if missing else []:
+        future.result(timeout=30)
+        log.info("created topic %s", name)
+
+
+# --- Redis ------------------------------------------------------------------
+
+
+def start_redis(settings: PlatformSettings, paths: Paths) -> None:
+    """Start Debian's redis-server unless one answers at the Redis URL."""
+    host, port = host_port(settings.redis_url)
+    if is_listening(host, port):
+        log.info("redis already reachable at %s", settings.redis_url)
+        return
+    if "FRAUD_REDIS_URL" in os.environ:
+        raise StackError(f"redis is not reachable at {settings.redis_url}")
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StackError("redis-server is not installed; run `make setup` first")
+    data_dir = paths.root / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Persistence is off: PostgreSQL holds the durable copy of the online store.
+    command = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir)]
+    command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    pid = _spawn("redis", command, paths)
+    _wait_until("redis", lambda: _redis_answers(settings.redis_url), paths, pid)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+
+
+# --- PostgreSQL --------------------------------------------------------------
+
+
+def _pg_binary(name: str) -> str:
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise StackError(f"PostgreSQL's {name} is not installed; run `make setup`")
+    return str(candidates[-1])
+
+
+def start_postgres(settings: PlatformSettings, paths: Paths) -> None:
+    """Start a PostgreSQL cluster owned by the postgres user, unless one answers."""
+    dsn = urlsplit(settings.pg_dsn)
+    host, port = dsn.hostname or "127.0.0.1", dsn.port or 5432
+    if is_listening(host, port):
+        log.info("postgresql already reachable at %s:%d", host, port)
+        return
+    if "FRAUD_PG_DSN" in os.environ:
+        raise StackError(f"postgresql is not reachable at {host}:{port}")
+    data_dir = paths.root / "postgres"
+    user = "postgres" if os.geteuid() == 0 else None
+    password_file = paths.root / "postgres-superuser-password"
+    if not (data_dir / "PG_VERSION").exists():
+        _init_postgres(data_dir, password_file, user)
+    command = [_pg_binary("postgres"), "-D", str(data_dir), "-p", str(port)]
+    command += ["-c", f"listen_addresses={host}", "-c", "unix_socket_directories="]
+    pid = _spawn("postgres", command, paths, user=user)
+    superuser = f"postgresql://postgres:{password_file.read_text().strip()}@{host}:{port}/postgres"
+    _wait_until("postgres", lambda: _pg_answers(superuser), paths, pid)
+    _ensure_database(superuser, dsn.username or "fraud", dsn.password or "", dsn.path)
+
+
+def _init_postgres(data_dir: Path, password_file: Path, user: str | None) -> None:
+    log.info("initialising a PostgreSQL cluster in %s", data_dir)
+    data_dir.mkdir(parents=True)
+    password_file.write_text(secrets.token_urlsafe(18) + "\n")
+    password_file.chmod(0o600)
+    if user is not None:
+        # initdb refuses to run as root, so the cluster belongs to the postgres user.
+        shutil.chown(data_dir, user=user)
+        shutil.chown(password_file, user=user)
+    command = [_pg_binary("initdb"), "-D", str(data_dir), "-U", "postgres"]
+    command += ["--auth=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8"]
+    result = subprocess.run(command, capture_output=True, text=True, user=user)
+    if result.returncode != 0:
+        raise StackError(f"initdb failed: {result.stdout}{result.stderr}")
+
+
+def _pg_answers(dsn: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn, connect_timeout=2):
+        return True
+
+
+def _ensure_database(superuser_dsn: str, role: str, password: str, path: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    database = path.lstrip("/") or role
+    with psycopg.connect(superuser_dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
+        if not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [database]
+        ).fetchone():
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                )
+            )
+
+
+# --- up / down ---------------------------------------------------------------
+
+
+SERVERS = ("kafka", "postgres", "redis")
+
+
+def up(settings: PlatformSettings) -> list[str]:
+    """Start every server of the stack that is not reachable yet.
+
+    Returns:
+        The names of the servers this call started.
+    """
+    paths = Paths(settings.state_dir)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    before = {name for name in SERVERS if paths.pid_file(name).exists()}
+    start_redis(settings, paths)
+    start_postgres(settings, paths)
+    start_kafka(settings, paths)
+    log.info("stack is up")
+    return [n for n in SERVERS if paths.pid_file(n).exists() and n not in before]
+
+
+def down(settings: PlatformSettings, names: list[str] | None = None) -> None:
+    """Stop the servers this module started (or those of ``names``), by PID."""
+    paths = Paths(settings.state_dir)
+    for name in SERVERS if names is None else names:
+        pid_file = paths.pid_file(name)
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        if _alive(pid) and _command_of(pid).find(_program_of(name)) >= 0:
+            # SIGINT is PostgreSQL's fast shutdown; the others treat it like SIGTERM.
+            os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            _wait_for_exit(name, pid)
+        pid_file.unlink()
+
+
+def _program_of(name: str) -> str:
+    return {"kafka": "kafka.Kafka", "postgres": "postgres", "redis": "redis-server"}[name]
+
+
+def _command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _wait_for_exit(name: str, pid: int) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            log.info("stopped %s (pid %d)", name, pid)
+            return
+        time.sleep(0.2)
+    log.warning("%s (pid %d) ignored the stop signal; killing it", name, pid)
+    os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``up`` or ``down`` from the command line."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__)
+    parser.add_argument("action", choices=["up", "down"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = PlatformSettings()
+    try:
+        up(settings) if args.action == "up" else down(settings)
+    except StackError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Session fixtures: the real servers the integration tests run against.
+
+The stack is started once per test session (servers already running are reused
+and left running). Every session gets its own topics, Redis key prefix and
+PostgreSQL database, and removes them when it ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from deploy import stack
+from fraudcore.settings import PlatformSettings
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """Short random id that keeps this session's names apart from others."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Iterator[PlatformSettings]:
+    """Settings of the running stack, started here when it is not up yet."""
+    settings = PlatformSettings()
+    started = stack.up(settings)
+    yield settings
+    stack.down(settings, started)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(base_settings: PlatformSettings, run_id: str) -> Iterator[str]:
+    """DSN of a PostgreSQL database created for this session and dropped after it."""
+    database = f"fraud_test_{run_id}"
+    with psycopg.connect(base_settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    dsn = base_settings.pg_dsn.rsplit("/", 1)[0] + f"/{database}"
+    yield dsn
+    with psycopg.connect(base_settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(database)
+            )
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_url(base_settings: PlatformSettings) -> str:
+    """URL of the stack's Redis server."""
+    return base_settings.redis_url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(base_settings: PlatformSettings) -> str:
+    """Bootstrap address of the stack's Kafka broker."""
+    return base_settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def test_settings(
+    base_settings: PlatformSettings,
+    pg_dsn: str,
+    run_id: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PlatformSettings]:
+    """Settings with this session's own topics, Redis prefix, database and stores."""
+    prefix = f"test-{run_id}"
+    state = Path(tmp_path_factory.mktemp("state"))
+    settings = base_settings.model_copy(
+        update={
+            "pg_dsn": pg_dsn,
+            "redis_prefix": prefix,
+            "transactions_topic": f"{prefix}-transactions",
+            "labels_topic": f"{prefix}-labels",
+            "decisions_topic": f"{prefix}-decisions",
+            "dead_letter_topic": f"{prefix}-dead-letters",
+            "offline_store": state / "offline",
+            "model_dir": state / "models",
+        }
+    )
+    stack.create_topics(settings)
+    yield settings
+    _delete_topics(settings)
+    _delete_redis_keys(settings)
+
+
+def _delete_topics(settings: PlatformSettings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topics = [
+        settings.transactions_topic,
+        settings.labels_topic,
+        settings.decisions_topic,
+        settings.dead_letter_topic,
+    ]
+    for future in admin.delete_topics(topics).values():
+        future.result(timeout=30)
+
+
+def _delete_redis_keys(settings: PlatformSettings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    batch = []
+    for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
