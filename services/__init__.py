@@ -1,0 +1,1 @@
+"""Online services of the fraud platform."""
