@@ -1,0 +1,142 @@
+"""Loading of the served model from the ``model_registry`` table.
+
+The training job writes the rows (see :data:`fraudcore.registry.REGISTRY_SCHEMA`);
+the scorer only reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from fraudcore.features import MODEL_INPUTS
+from services.scorer.errors import ModelLoadError
+from services.scorer.model import ScoringModel, open_model
+
+logger = logging.getLogger(__name__)
+
+# libpq accepts whole seconds only and treats values below 2 as 2.
+REGISTRY_CONNECT_TIMEOUT_SECONDS = 2
+REGISTRY_QUERY_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    """The columns of a ``model_registry`` row that the scorer uses."""
+
+    version: str
+    artifact_path: str
+    artifact_sha256: str
+    feature_names: Any
+    threshold: float
+
+
+async def fetch_registry_row(
+    conn: psycopg.AsyncConnection[Any], version: str | None
+) -> RegistryRow | None:
+    """Fetch the row of ``version``, or the newest 'production' row when it is None."""
+    columns = "version, artifact_path, artifact_sha256, feature_names, threshold"
+    if version is None:
+        sql = (
+            f"SELECT {columns} FROM model_registry WHERE stage = 'production' "
+            "ORDER BY created_at DESC, version DESC LIMIT 1"
+        )
+        params: tuple[str, ...] = ()
+    else:
+        sql = f"SELECT {columns} FROM model_registry WHERE version = %s"
+        params = (version,)
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(sql, params)
+        row = await cursor.fetchone()
+    return None if row is None else RegistryRow(**row)
+
+
+async def load_registered_model(
+    pg_dsn: str, version: str | None, model_dir: Path
+) -> ScoringModel:
+    """Load, verify and open the registered model.
+
+    Args:
+        pg_dsn: DSN of the database holding ``model_registry``.
+        version: Version to load, or None for the newest 'production' row.
+        model_dir: Folder that relative ``artifact_path`` values are resolved in.
+
+    Raises:
+        ModelLoadError: if the row or artifact is missing, the artifact's sha256 or
+            feature names differ from the row, or onnxruntime cannot open it.
+    """
+    requested = (
+        repr(version) if version is not None else "the newest 'production' model"
+    )
+    try:
+        async with asyncio.timeout(REGISTRY_QUERY_TIMEOUT_SECONDS):
+            row = await _read_registry(pg_dsn, version)
+    except (psycopg.Error, TimeoutError) as exc:
+        reason = str(exc) or f"timed out after {REGISTRY_QUERY_TIMEOUT_SECONDS} s"
+        raise ModelLoadError(
+            f"reading {requested} from model_registry failed: {reason}"
+        ) from exc
+    if row is None:
+        raise ModelLoadError(f"model_registry has no row for {requested}")
+
+    check_feature_names(row)
+    path = resolve_artifact_path(row.artifact_path, model_dir)
+    try:
+        artifact = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"reading artifact of model {row.version!r} failed: {exc}"
+        ) from exc
+    check_sha256(row, artifact)
+
+    model = await asyncio.to_thread(
+        open_model, artifact, row.version, float(row.threshold)
+    )
+    logger.info(
+        "loaded model %s from %s (threshold %.4f)", row.version, path, row.threshold
+    )
+    return model
+
+
+async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:
+    # A connection of its own rather than one from the feature-store pool, so that
+    # a refused connection fails at once instead of waiting for the pool.
+    async with await psycopg.AsyncConnection.connect(
+        pg_dsn, autocommit=True, connect_timeout=REGISTRY_CONNECT_TIMEOUT_SECONDS
+    ) as conn:
+        return await fetch_registry_row(conn, version)
+
+
+def resolve_artifact_path(artifact_path: str, model_dir: Path) -> Path:
+    """Return ``artifact_path`` as is when absolute, else relative to ``model_dir``."""
+    # NOTE: relative paths are read against FRAUD_MODEL_DIR, so a training job must
+    # register absolute paths or paths relative to that same folder.
+    path = Path(artifact_path)
+    return path if path.is_absolute() else model_dir / path
+
+
+def check_feature_names(row: RegistryRow) -> None:
+    """Raise ModelLoadError unless the row's feature names equal ``MODEL_INPUTS``."""
+    names = row.feature_names
+    if not isinstance(names, list) or tuple(names) != MODEL_INPUTS:
+        raise ModelLoadError(
+            f"model {row.version!r} was trained on features {names!r}, "
+            f"expected {list(MODEL_INPUTS)!r}"
+        )
+
+
+def check_sha256(row: RegistryRow, artifact: bytes) -> None:
+    """Raise ModelLoadError unless the artifact's sha256 equals the registered one."""
+    actual = hashlib.sha256(artifact).hexdigest()
+    if actual != row.artifact_sha256.strip().lower():
+        raise ModelLoadError(
+            f"artifact of model {row.version!r} has sha256 {actual}, "
+            f"expected {row.artifact_sha256}"
+        )
