@@ -1,0 +1,119 @@
+"""``POST /score``: fraud probability and decision for one transaction."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+
+from fraudcore.schema import TransactionRecord, describe_validation_error
+from services.scorer.errors import InvalidRequest, RequestTooLarge
+from services.scorer.runtime import RuntimeDep
+from services.scorer.schemas import ErrorOut, ScoreOut
+from services.scorer.scoring import score_transaction
+
+router = APIRouter(tags=["score"])
+
+# The body is parsed here rather than by FastAPI: Python's json module accepts NaN
+# and Infinity, which are not JSON, while orjson rejects them. The schema is
+# still published in OpenAPI.
+REQUEST_BODY_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": TransactionRecord.model_json_schema()}
+        },
+    }
+}
+
+NON_FINITE_LITERALS = ("NaN", "Infinity")
+JSON_TYPE_NAMES = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read the request body, stopping as soon as it exceeds ``max_bytes``.
+
+    Raises:
+        RequestTooLarge: if the body is longer than ``max_bytes``.
+    """
+    too_large = RequestTooLarge(f"request body is larger than {max_bytes} bytes.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_transaction(body: bytes) -> TransactionRecord:
+    """Parse and validate a JSON transaction.
+
+    Raises:
+        InvalidRequest: with a one-sentence reason when the body is not a valid
+            transaction.
+    """
+    if not body.strip():
+        raise InvalidRequest(
+            "request body is empty, but a JSON object with the transaction is required."
+        )
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(_describe_json_error(body, exc)) from None
+    if not isinstance(payload, dict):
+        kind = JSON_TYPE_NAMES.get(type(payload), type(payload).__name__)
+        raise InvalidRequest(f"request body must be a JSON object, got {kind}.")
+    try:
+        return TransactionRecord.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation_error(exc)) from None
+
+
+def _describe_json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    # orjson reports the position in characters, not bytes.
+    rest = body.decode(errors="replace")[exc.pos :]
+    if rest.startswith(NON_FINITE_LITERALS):
+        return (
+            f"request body contains NaN or Infinity at character {exc.pos}, "
+            "which JSON does not allow."
+        )
+    return f"request body is not valid JSON: {exc.msg} at character {exc.pos}."
+
+
+@router.post(
+    "/score",
+    response_model=ScoreOut,
+    responses={
+        413: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+        503: {"model": ErrorOut},
+    },
+    openapi_extra=REQUEST_BODY_SCHEMA,
+)
+async def score(request: Request, runtime: RuntimeDep) -> Response:
+    """Score one transaction and return its fraud probability and decision."""
+    started = time.perf_counter()
+    try:
+        body = await read_body(request, runtime.settings.max_body_bytes)
+        record = parse_transaction(body)
+        result = await score_transaction(runtime, record)
+    finally:
+        runtime.metrics.request_duration.observe(time.perf_counter() - started)
+    return Response(
+        result.model_dump_json(exclude_none=True), media_type="application/json"
+    )
