@@ -1,0 +1,255 @@
+"""Feature lookup paths: Redis, the PostgreSQL fallback and defaults.
+
+Every path must give the features of the offline row, which is
+``transaction_features`` over the key's whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from fraudcore.features import (
+    MODEL_INPUTS,
+    CustomerEvent,
+    TerminalLabel,
+    transaction_features,
+)
+from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
+from services.scorer.clients import create_pg_pool, create_redis
+from services.scorer.feature_store import HistoryLookup, HistoryQuery
+from services.scorer.metrics import ScorerMetrics
+from services.scorer.model import ScoringModel
+from services.scorer.settings import ScorerSettings
+from tests.services.scorer.conftest import SeededStores, ServedScorer, closed_port
+
+EVENT_MS = 1_712_400_123_456  # 2024-04-06T10:42:03.456Z, a Saturday
+TRANSACTION_ID = "tx-current-1"
+AMOUNT = 84.25
+
+
+def make_history() -> tuple[list[CustomerEvent], list[TerminalLabel]]:
+    """Build a history around ``EVENT_MS`` with the window edges and ties covered."""
+    rng = random.Random(11)
+    events = [
+        CustomerEvent(
+            EVENT_MS - rng.randint(1, 40 * MS_PER_DAY),
+            str(1000 + i),
+            round(rng.uniform(1, 400), 2),
+        )
+        for i in range(80)
+    ]
+    window_start = EVENT_MS - 30 * MS_PER_DAY
+    events += [
+        CustomerEvent(window_start, "edge-out", 11.0),  # excluded: window is open
+        CustomerEvent(window_start + 1, "edge-in", 12.5),
+        CustomerEvent(EVENT_MS, TRANSACTION_ID, AMOUNT),  # the request itself
+        CustomerEvent(EVENT_MS, "9", 5.0),  # same ms, ordered before
+        CustomerEvent(EVENT_MS, "tx-current-1-later", 7.0),  # same ms, after
+        CustomerEvent(EVENT_MS + 1_000, "2000", 99.0),  # after
+    ]
+    labels = [
+        TerminalLabel(
+            EVENT_MS - rng.randint(0, 40 * MS_PER_DAY), str(3000 + i), rng.randint(0, 1)
+        )
+        for i in range(60)
+    ]
+    labels += [
+        TerminalLabel(window_start, "label-edge-out", 1),
+        TerminalLabel(EVENT_MS + 1, "label-after", 1),
+    ]
+    return events, labels
+
+
+def request_body(stores: SeededStores) -> dict[str, object]:
+    return {
+        "transaction_id": TRANSACTION_ID,
+        "customer_id": stores.customer_id,
+        "terminal_id": stores.terminal_id,
+        "amount": AMOUNT,
+        "timestamp": format_timestamp_ms(EVENT_MS),
+    }
+
+
+def offline_features(
+    events: list[CustomerEvent], labels: list[TerminalLabel]
+) -> dict[str, float]:
+    return transaction_features(EVENT_MS, TRANSACTION_ID, AMOUNT, events, labels)
+
+
+def test_query_covers_longest_window() -> None:
+    query = HistoryQuery.for_transaction("c", "t", EVENT_MS)
+
+    assert query.end_ms == EVENT_MS
+    assert query.start_ms == EVENT_MS - 30 * MS_PER_DAY
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and never replies, like a hung server."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+def test_redis_timeout_falls_through_to_default(silent_port: int) -> None:
+    settings = ScorerSettings(
+        redis_url=f"redis://127.0.0.1:{silent_port}/0",
+        pg_dsn=f"postgresql://fraud:fraud@127.0.0.1:{closed_port()}/fraud",
+        redis_timeout_seconds=0.05,
+        pg_timeout_seconds=0.1,
+    )
+    metrics = ScorerMetrics()
+
+    async def lookup() -> tuple[str, float]:
+        redis = create_redis(settings)
+        pool = create_pg_pool(settings)
+        await pool.open(wait=False)
+        try:
+            histories = HistoryLookup(redis, pool, "p", 0.05, 0.1, metrics)
+            started = time.perf_counter()
+            _, source = await histories.fetch(HistoryQuery("c", "t", 0, EVENT_MS))
+            return source, time.perf_counter() - started
+        finally:
+            await redis.aclose()
+            await pool.close()
+
+    source, elapsed = asyncio.run(lookup())
+
+    assert source == "default"
+    # Both timeouts plus scheduling slack; without them the lookup would hang.
+    assert elapsed < 1.0
+    failures = metrics.errors.labels(kind="redis_unavailable")._value.get()
+    assert failures == 1.0
+
+
+@pytest.mark.integration
+def test_redis_and_postgres_paths_match_offline(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history()
+    stores.seed_redis(events, labels)
+    stores.seed_postgres(events, labels)
+    served = run_scorer(live_settings)
+    expected = offline_features(events, labels)
+
+    from_redis = served.score(request_body(stores)).json()
+    stores.flush_redis()
+    from_postgres = served.score(request_body(stores)).json()
+
+    assert from_redis["feature_source"] == "redis"
+    assert from_postgres["feature_source"] == "postgres"
+    assert list(from_redis["features"]) == list(MODEL_INPUTS)
+    assert from_redis["features"] == expected
+    assert from_postgres["features"] == expected
+    assert from_postgres["probability"] == from_redis["probability"]
+    assert expected["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] >= 2.0
+    assert expected["TERMINAL_ID_NB_TX_30DAY_WINDOW"] > 0.0
+
+
+@pytest.mark.integration
+def test_existing_key_without_window_events_is_hit(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history()
+    stale = [CustomerEvent(EVENT_MS - 35 * MS_PER_DAY, "stale", 3.0)]
+    stores.seed_redis(stale, [])
+    stores.seed_postgres(events, labels)
+    served = run_scorer(live_settings)
+
+    payload = served.score(request_body(stores)).json()
+
+    assert payload["feature_source"] == "redis"
+    assert payload["features"] == offline_features(stale, [])
+    assert payload["features"]["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 1.0
+
+
+@pytest.mark.integration
+def test_terminal_key_alone_is_hit(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history()
+    stores.seed_redis([], labels)
+    stores.seed_postgres(events, labels)
+    served = run_scorer(live_settings)
+
+    payload = served.score(request_body(stores)).json()
+
+    assert payload["feature_source"] == "redis"
+    assert payload["features"] == offline_features([], labels)
+
+
+@pytest.mark.integration
+def test_redis_down_falls_back_to_postgres(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history()
+    stores.seed_postgres(events, labels)
+    closed = f"redis://127.0.0.1:{closed_port()}/0"
+    served = run_scorer(live_settings.model_copy(update={"redis_url": closed}))
+
+    payload = served.score(request_body(stores)).json()
+    ready = served.client.get("/readyz")
+
+    assert payload["feature_source"] == "postgres"
+    assert payload["features"] == offline_features(events, labels)
+    assert ready.status_code == 200
+    assert ready.json()["feature_store"] == "postgres"
+
+
+@pytest.mark.integration
+def test_redis_miss_and_postgres_down_uses_default(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+    scoring_model: ScoringModel,
+) -> None:
+    closed = f"postgresql://fraud:fraud@127.0.0.1:{closed_port()}/fraud"
+    served = run_scorer(live_settings.model_copy(update={"pg_dsn": closed}))
+    served.runtime.model = scoring_model
+
+    payload = served.score(request_body(stores)).json()
+    ready = served.client.get("/readyz")
+
+    assert payload["feature_source"] == "default"
+    assert payload["features"] == offline_features([], [])
+    assert ready.status_code == 200
+    assert ready.json()["feature_store"] == "redis"
+
+
+@pytest.mark.integration
+def test_live_scorer_ready_and_counted(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    served = run_scorer(live_settings)
+
+    ready = served.client.get("/readyz")
+    served.score(request_body(stores))
+    metrics = served.client.get("/metrics").text
+
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "model_version": live_settings.model_version,
+        "feature_store": "redis",
+        "reason": None,
+    }
+    counted = f'model_version="{live_settings.model_version}"'
+    assert counted in metrics
+    assert 'fraud_score_feature_source_total{source="postgres"} 1.0' in metrics
