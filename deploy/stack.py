@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 90
 STOP_TIMEOUT_SECONDS = 30
 TOPIC_PARTITIONS = 2
+TOPIC_RETENTION_BYTES = 4 * 1024**3  # per partition
 
 
 class StackError(RuntimeError):
@@ -109,9 +110,7 @@ def flink_jars(settings: PlatformSettings) -> list[Path]:
     return resolve_jars(pom, paths.jars / "flink")
 
 
-def _spawn(
-    name: str, command: list[str], paths: Paths, user: str | None = None
-) -> int:
+def _spawn(name: str, command: list[str], paths: Paths, user: str | None = None) -> int:
     log_file = paths.log_file(name).open("ab")
     process = subprocess.Popen(
         command,
@@ -250,7 +249,15 @@ def create_topics(settings: PlatformSettings) -> None:
         settings.decisions_topic,
         settings.dead_letter_topic,
     ]
-    missing = [NewTopic(n, TOPIC_PARTITIONS, 1) for n in names if n not in existing]
+    # Replayed events keep their original (years old) timestamps, and time-based
+    # retention would delete them as soon as they land, so these topics are
+    # bounded by size instead.
+    config = {"retention.ms": "-1", "retention.bytes": str(TOPIC_RETENTION_BYTES)}
+    missing = [
+        NewTopic(name, TOPIC_PARTITIONS, 1, config=config)
+        for name in names
+        if name not in existing
+    ]
     for name, future in admin.create_topics(missing).items() if missing else []:
         future.result(timeout=30)
         log.info("created topic %s", name)
@@ -346,7 +353,9 @@ def _ensure_database(superuser_dsn: str, role: str, password: str, path: str) ->
 
     database = path.lstrip("/") or role
     with psycopg.connect(superuser_dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+        if not conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", [role]
+        ).fetchone():
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                     sql.Identifier(role), sql.Literal(password)
@@ -401,7 +410,9 @@ def down(settings: PlatformSettings, names: list[str] | None = None) -> None:
 
 
 def _program_of(name: str) -> str:
-    return {"kafka": "kafka.Kafka", "postgres": "postgres", "redis": "redis-server"}[name]
+    return {"kafka": "kafka.Kafka", "postgres": "postgres", "redis": "redis-server"}[
+        name
+    ]
 
 
 def _command_of(pid: int) -> str:

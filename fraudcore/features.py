@@ -66,7 +66,7 @@ class CustomerEvent(NamedTuple):
 
 
 class TerminalLabel(NamedTuple):
-    """One known label of a terminal's transaction; ``label_ms`` is when it became known."""
+    """A known label of a terminal's transaction; ``label_ms``: when it became known."""
 
     label_ms: int
     transaction_id: str
@@ -149,7 +149,7 @@ def transaction_features(
     customer_history: Iterable[CustomerEvent],
     terminal_labels: Iterable[TerminalLabel],
 ) -> dict[str, float]:
-    """Compute all model inputs of one transaction, keyed by name in ``MODEL_INPUTS`` order."""
+    """Compute all model inputs of one transaction, in ``MODEL_INPUTS`` order."""
     named = {"TX_AMOUNT": amount}
     named |= calendar_features(event_ms)
     named |= customer_features(event_ms, transaction_id, amount, customer_history)

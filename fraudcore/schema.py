@@ -77,7 +77,10 @@ class TransactionRecord(BaseModel):
     @classmethod
     def _reject_conflicting_aliases(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name, alias in (("customer_id", "user_id"), ("terminal_id", "merchant_id")):
+            for name, alias in (
+                ("customer_id", "user_id"),
+                ("terminal_id", "merchant_id"),
+            ):
                 if name in data and alias in data:
                     raise ValueError(f"give either {name} or {alias}, not both")
         return data

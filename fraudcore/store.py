@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS terminal_labels (
     fraud          smallint NOT NULL,
     PRIMARY KEY (terminal_id, label_ms, transaction_id)
 );
+CREATE INDEX IF NOT EXISTS customer_events_event_ms ON customer_events (event_ms);
+CREATE INDEX IF NOT EXISTS terminal_labels_label_ms ON terminal_labels (label_ms);
 """
 
 

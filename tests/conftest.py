@@ -7,10 +7,15 @@ PostgreSQL database, and removes them when it ends.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import psycopg
 import pytest
 import redis
@@ -18,6 +23,7 @@ from psycopg import sql
 
 from deploy import stack
 from fraudcore.settings import PlatformSettings
+from streaming import replay
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +121,47 @@ def _delete_redis_keys(settings: PlatformSettings) -> None:
             batch.clear()
     if batch:
         client.delete(*batch)
+
+
+def settings_environment(settings: PlatformSettings) -> dict[str, str]:
+    """Return ``os.environ`` plus ``FRAUD_*`` variables that reproduce ``settings``."""
+    environment = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        environment[f"FRAUD_{name.upper()}"] = str(value)
+    return environment
+
+
+@dataclass(frozen=True)
+class StreamedSpan:
+    """The default replay span after the feature job has consumed it."""
+
+    settings: PlatformSettings
+    transactions: pd.DataFrame
+    replayed: int
+
+
+@pytest.fixture(scope="session")
+def streamed_span(test_settings: PlatformSettings) -> StreamedSpan:
+    """Replay the default span of the real dataset and run the feature job on it.
+
+    Runs once per session (a few minutes on two cores); the feature, parity and
+    scorer tests all read what it leaves in the offline and online stores.
+    """
+    path = test_settings.data_dir / "transactions.parquet"
+    if not path.exists():
+        pytest.skip(f"the dataset {path} is not available")
+    frame = replay.load_source(path, simulate_if_missing=False).frame
+    result = replay.replay(test_settings, frame)
+    environment = settings_environment(test_settings)
+    environment["FRAUD_CONSUMER_GROUP"] = f"{test_settings.redis_prefix}-features"
+    environment["FRAUD_CHECKPOINT_DIR"] = str(
+        test_settings.offline_store.parent / "checkpoints"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "streaming.features_job", "--bounded"],
+        env=environment,
+        check=True,
+        timeout=1800,
+    )
+    span = replay.select_span(frame, replay.DEFAULT_START, replay.DEFAULT_END)
+    return StreamedSpan(test_settings, span, result.transactions)

@@ -1,0 +1,46 @@
+# One target per task; CI and people run the same commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup stack-up stack-down demo test test-unit lint clean
+
+## setup: install system packages (Debian), the virtualenv and the project
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt deploy/local/install-system-packages.sh
+	bash deploy/local/install-system-packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## stack-up: start Kafka, Redis and PostgreSQL on 127.0.0.1 unless reachable
+stack-up: setup
+	$(PY) -m deploy.stack up
+
+## stack-down: stop only the servers the project started, by PID
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.stack down; fi
+
+## demo: run the main job end to end on the real data
+demo: setup
+	$(PY) -m deploy.demo
+
+## test: run the whole test suite against real servers
+test: setup
+	$(PY) -m pytest
+
+## test-unit: run only the tests that need no server
+test-unit: setup
+	$(PY) -m pytest -m "not integration"
+
+## lint: check formatting and common mistakes
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: stack-down
+	rm -rf .state reports

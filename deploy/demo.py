@@ -1,0 +1,345 @@
+"""The main job end to end on the real data: ``make demo``.
+
+Starts the local stack, replays the transactions into Kafka, runs the PyFlink
+feature job, trains and registers a model, serves it, replays the test week
+through ``POST /score`` over HTTP, and writes ``reports/demo/summary.json``.
+Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import psycopg
+import redis
+
+from deploy import stack
+from fraudcore.features import MODEL_INPUTS
+from fraudcore.settings import REPO_ROOT, PlatformSettings
+from load.http_replay import ScoredResponse, replay_requests, request_bodies
+from streaming import replay
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = REPO_ROOT / "reports" / "demo"
+TEST_FIRST_DAY = date(2018, 8, 8)
+TEST_LAST_DAY = date(2018, 8, 14)
+PARITY_TOLERANCE = 1e-9
+PUBLISHED_EXPERIMENT = "ch3_baseline_single_split"
+
+
+class DemoSettings(PlatformSettings):
+    """Settings of the demo run, read from ``FRAUD_*`` variables."""
+
+    demo_port: int = 18080
+    demo_concurrency: int = 4
+    demo_keep_stack: bool = False
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Print a step's title, then its duration when it ends."""
+    print(f"==> {title}", flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def reset_state(settings: PlatformSettings) -> None:
+    """Remove what an earlier demo left in the topics and stores."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topics = [settings.transactions_topic, settings.labels_topic]
+    existing = [name for name in topics if name in admin.list_topics(timeout=10).topics]
+    for future in (admin.delete_topics(existing) if existing else {}).values():
+        future.result(timeout=30)
+    _wait_for_topics_gone(admin, existing)
+    stack.create_topics(settings)
+
+    for folder in (settings.offline_store, settings.state_dir / "checkpoints"):
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
+    for start in range(0, len(keys), 5000):
+        client.delete(*keys[start : start + 5000])
+    from streaming.online_writer import ensure_schema
+
+    ensure_schema(settings.pg_dsn)
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE customer_events, terminal_labels")
+
+
+def _wait_for_topics_gone(admin: Any, names: list[str]) -> None:
+    # Topic deletion is asynchronous on the broker: recreating too early fails.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not set(names) & set(admin.list_topics(timeout=10).topics):
+            return
+        time.sleep(0.5)
+
+
+def run_feature_job(settings: PlatformSettings) -> None:
+    """Run the PyFlink job in its own process until it has consumed the topics."""
+    log_file = settings.state_dir / "logs" / "features-job.log"
+    print(f"    job log: {log_file}")
+    with log_file.open("w") as output:
+        subprocess.run(
+            [sys.executable, "-m", "streaming.features_job", "--bounded"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+
+
+@contextmanager
+def serving(settings: DemoSettings, model_version: str) -> Iterator[str]:
+    """Run the scorer serving ``model_version``, and stop it (by PID) afterwards."""
+    environment = dict(os.environ)
+    environment |= {
+        "FRAUD_PORT": str(settings.demo_port),
+        "FRAUD_MODEL_VERSION": model_version,
+        "FRAUD_RETURN_FEATURES": "true",
+        "FRAUD_LOG_LEVEL": "WARNING",
+    }
+    log_file = (settings.state_dir / "logs" / "scorer.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.scorer"],
+        env=environment,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{settings.demo_port}"
+    try:
+        _wait_ready(base_url, process)
+        yield base_url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        log_file.close()
+
+
+def _wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the scorer exited during start-up; see scorer.log")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the scorer at {base_url} was not ready within 60 s")
+
+
+def compare_features(
+    responses: list[ScoredResponse], offline: pd.DataFrame
+) -> tuple[int, float]:
+    """Count transactions whose served features differ from their offline row.
+
+    Returns:
+        The number of differing transactions and the largest absolute difference.
+    """
+    served = pd.DataFrame(
+        [r.body["features"] for r in responses],
+        index=[r.transaction_id for r in responses],
+    )[list(MODEL_INPUTS)]
+    rows = offline.set_index("transaction_id").reindex(served.index)[list(MODEL_INPUTS)]
+    difference = (served - rows).abs().to_numpy()
+    # A transaction missing from the offline store counts as a mismatch.
+    difference = np.where(np.isnan(difference), np.inf, difference)
+    mismatched = int((difference > PARITY_TOLERANCE).any(axis=1).sum())
+    return mismatched, float(difference.max()) if difference.size else 0.0
+
+
+def published_rows(data_dir: Path) -> list[dict[str, Any]]:
+    """Return the book's chapter-3 test scores, one dict per model."""
+    table = pd.read_csv(data_dir / "published-test-results.csv")
+    table = table[table["experiment"] == PUBLISHED_EXPERIMENT]
+    wide = table.pivot_table(index="model", columns="metric", values="test_mean")
+    return [
+        {"model": model, **{k: float(v) for k, v in values.items()}}
+        for model, values in wide.iterrows()
+    ]
+
+
+def save_pr_curve(scored: pd.DataFrame, path: Path) -> None:
+    """Save the precision-recall curve of the HTTP scores as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(scored["fraud"], scored["score"])
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    axes.plot(recall, precision)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title("Test week 2018-08-08..14, scores from POST /score")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> int:
+    """Run the demo and print its summary."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    settings = DemoSettings()
+    started = time.perf_counter()
+    with step("starting the local stack (Kafka, Redis, PostgreSQL)"):
+        started_servers = stack.up(settings)
+    try:
+        summary = run_demo(settings)
+    finally:
+        if not settings.demo_keep_stack:
+            stack.down(settings, started_servers)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    write_summary(summary)
+    return 0 if summary["online_offline_mismatches"] == 0 else 1
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Run every step after the stack is up; return the summary."""
+    from training.dataset import load_features, load_labelled_features
+    from training.evaluation import (
+        CHAPTER3_WINDOW,
+        evaluate_scores,
+        remove_known_compromised,
+    )
+    from training.train import JobOptions
+    from training.train import run as train
+
+    with step("resetting the demo's topics and stores"):
+        reset_state(settings)
+    with step("loading transactions"):
+        source = replay.load_source(settings.data_dir / "transactions.parquet")
+        print(f"    source: {source.description}")
+    with step(f"replaying {replay.DEFAULT_START}..{replay.DEFAULT_END} into Kafka"):
+        replayed = replay.replay(settings, source.frame)
+        print(f"    {replayed.transactions:,} transactions and their labels")
+    with step("running the PyFlink feature job"):
+        run_feature_job(settings)
+        offline = load_features(settings.offline_store)
+        print(f"    {len(offline):,} offline feature rows")
+    with step("training, exporting to ONNX and registering the model"):
+        options = JobOptions(
+            offline_store=settings.offline_store,
+            report_dir=REPO_ROOT / "reports" / "training",
+            model_dir=settings.model_dir,
+            pg_dsn=settings.pg_dsn,
+        )
+        trained = train(options)
+        print(f"    model {trained.version}")
+
+    test_week = replay.select_span(source.frame, TEST_FIRST_DAY, TEST_LAST_DAY)
+    bodies = request_bodies(test_week)
+    with step(f"scoring {len(bodies):,} test-week transactions over HTTP"):
+        with serving(settings, trained.version) as base_url:
+            responses = asyncio.run(
+                replay_requests(base_url, bodies, settings.demo_concurrency)
+            )
+
+    failed = [r for r in responses if r.status != 200]
+    ok = [r for r in responses if r.status == 200]
+    mismatches, max_difference = compare_features(ok, offline)
+    labelled = load_labelled_features(settings.offline_store)
+    scored = _scored_frame(ok, labelled)
+    test = remove_known_compromised(scored, labelled, CHAPTER3_WINDOW)
+    metrics = evaluate_scores(test)
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    save_pr_curve(test, REPORT_DIR / "precision_recall.png")
+    latencies = np.array([r.latency_ms for r in ok])
+    decisions = pd.Series([r.body["decision"] for r in ok]).value_counts()
+    sources = pd.Series([r.body["feature_source"] for r in ok]).value_counts()
+    return {
+        "dataset_source": source.description,
+        "transactions_replayed": replayed.transactions,
+        "offline_feature_rows": len(offline),
+        "model_version": trained.version,
+        "onnx_max_abs_diff": trained.metrics.get("onnx_max_abs_diff"),
+        "http_requests": len(responses),
+        "http_errors": len(failed),
+        "test_transactions_evaluated": len(test),
+        "test_metrics_from_http": metrics,
+        "training_metrics": {
+            k: trained.metrics.get(k)
+            for k in ("auc_roc", "average_precision", "card_precision_at_100")
+        },
+        "published_chapter3": published_rows(settings.data_dir),
+        "online_offline_mismatches": mismatches,
+        "online_offline_max_abs_diff": max_difference,
+        "feature_sources": {str(k): int(v) for k, v in sources.items()},
+        "latency_ms": {
+            "p50": round(float(np.percentile(latencies, 50)), 3),
+            "p99": round(float(np.percentile(latencies, 99)), 3),
+            "client_concurrency": settings.demo_concurrency,
+        },
+        "decisions": {str(k): int(v) for k, v in decisions.items()},
+        "machine": f"{os.cpu_count()} cores, {_memory_gib():.0f} GiB",
+        "precision_recall_png": str(REPORT_DIR / "precision_recall.png"),
+    }
+
+
+def _scored_frame(ok: list[ScoredResponse], labelled: pd.DataFrame) -> pd.DataFrame:
+    scores = pd.DataFrame(
+        {
+            "transaction_id": [r.transaction_id for r in ok],
+            "score": [r.body["probability"] for r in ok],
+        }
+    )
+    columns = ["transaction_id", "customer_id", "event_ms", "fraud"]
+    return scores.merge(labelled[columns], on="transaction_id", how="inner")
+
+
+def _memory_gib() -> float:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return pages / 1024**3
+
+
+def write_summary(summary: dict[str, Any]) -> None:
+    """Write the summary JSON and print it as a table."""
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    path = REPORT_DIR / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nsummary ({path})")
+    for key, value in summary.items():
+        if key in ("published_chapter3", "test_metrics_from_http"):
+            continue
+        print(f"  {key:<30} {value}")
+    print("\n  test metrics (chapter-3 split)   AUC ROC   AP      CP@100")
+    ours = summary["test_metrics_from_http"]
+    print(
+        f"  {'this platform, over HTTP':<32} {ours['auc_roc']:.3f}     "
+        f"{ours['average_precision']:.3f}   {ours['card_precision_at_100']:.3f}"
+    )
+    for row in summary["published_chapter3"]:
+        print(
+            f"  {row['model'] + ' (published)':<32} "
+            f"{row.get('AUC ROC', float('nan')):.3f}"
+            f"     {row.get('Average precision', float('nan')):.3f}"
+            f"   {row.get('Card Precision@100', float('nan')):.3f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

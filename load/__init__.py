@@ -1,0 +1,1 @@
+"""Load generators and HTTP replays against the scorer."""

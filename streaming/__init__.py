@@ -1,0 +1,1 @@
+"""Stream processing: the Kafka replay and the PyFlink feature job."""
