@@ -1,0 +1,20 @@
+"""Fixtures of the training tests: offline stores and a model fit on the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fraudcore.settings import PlatformSettings
+from training.reference import REFERENCE_FILE, build_offline_store
+
+REFERENCE_PATH = PlatformSettings().data_dir / REFERENCE_FILE
+
+
+@pytest.fixture(scope="session")
+def reference_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Offline store written from the handbook's reference features file."""
+    root = tmp_path_factory.mktemp("reference") / "offline"
+    build_offline_store(REFERENCE_PATH, root)
+    return root
