@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fraudcore.settings import PlatformSettings
+from training.dataset import load_labelled_features
+from training.evaluation import CHAPTER3_WINDOW, split_train_test
 from training.reference import REFERENCE_FILE, build_offline_store
 
 REFERENCE_PATH = PlatformSettings().data_dir / REFERENCE_FILE
@@ -18,3 +21,9 @@ def reference_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("reference") / "offline"
     build_offline_store(REFERENCE_PATH, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def reference_split(reference_store: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chapter-3 training and filtered test rows of the reference store."""
+    return split_train_test(load_labelled_features(reference_store), CHAPTER3_WINDOW)
