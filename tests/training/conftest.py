@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import lightgbm as lgb
+import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
 
 from fraudcore.settings import PlatformSettings
+from tests.training.factories import epoch_ms, store_frames
 from training import model as classifier
 from training.dataset import load_labelled_features
 from training.evaluation import CHAPTER3_WINDOW, split_train_test
-from training.reference import REFERENCE_FILE, build_offline_store
+from training.reference import REFERENCE_FILE, build_offline_store, write_offline_store
 
 REFERENCE_PATH = PlatformSettings().data_dir / REFERENCE_FILE
 
@@ -47,3 +50,33 @@ def reference_model(
 def reference_session(reference_model: lgb.LGBMClassifier) -> ort.InferenceSession:
     """onnxruntime session on the ONNX export of ``reference_model``."""
     return classifier.onnx_session(classifier.to_onnx(reference_model))
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic offline store of 60 transactions a day over the chapter-3 days.
+
+    Fraud is any amount above 270 plus 1% of the rest, so a model can learn it
+    and every day is likely to have both classes.
+    """
+    rng = np.random.default_rng(7)
+    rows: list[dict[str, object]] = []
+    for offset in range(21):
+        day = CHAPTER3_WINDOW.train_start + timedelta(days=offset)
+        for index in range(60):
+            amount = float(rng.uniform(0, 300))
+            fraud = amount > 270 or rng.random() < 0.01
+            rows.append(
+                {
+                    "transaction_id": str(len(rows)),
+                    "customer_id": str(rng.integers(0, 2000)),
+                    "terminal_id": str(rng.integers(0, 50)),
+                    "event_ms": epoch_ms(day) + index * 60_000,
+                    "fraud": int(fraud),
+                    "TX_AMOUNT": amount,
+                    "CUSTOMER_ID_NB_TX_1DAY_WINDOW": float(rng.integers(1, 5)),
+                }
+            )
+    root = tmp_path_factory.mktemp("small") / "offline"
+    write_offline_store(*store_frames(rows), root)
+    return root
