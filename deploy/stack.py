@@ -1,7 +1,7 @@
 """Local stack: a Kafka broker, Redis and PostgreSQL on 127.0.0.1, started natively.
 
 ``python -m deploy.stack up`` starts each server that is not already reachable and
-waits until it answers; ``down`` stops only the servers this module started, by
+waits until it responds. ``down`` stops only the servers this module started, by
 the PIDs it recorded. State, logs and PID files live under ``FRAUD_STATE_DIR``
 (``.state/`` by default). Setting ``FRAUD_KAFKA_BOOTSTRAP``, ``FRAUD_REDIS_URL`` or
 ``FRAUD_PG_DSN`` points at an existing server instead, and that server is then

@@ -30,7 +30,7 @@ NIGHT_LAST_HOUR = 6
 # How long a key's events stay in the online store after its newest event: the
 # longest window, plus the label delay (labels run that far ahead of the
 # transactions they label), plus a week so that a transaction a week older than
-# the newest event of its key still sees its whole window.
+# the newest event of its key still finds its whole window.
 STATE_RETENTION_DAYS = max(WINDOW_DAYS) + LABEL_DELAY_DAYS + 7
 STATE_RETENTION_MS = STATE_RETENTION_DAYS * MS_PER_DAY
 
@@ -57,8 +57,18 @@ BASELINE_FEATURES = CALENDAR_FEATURES + CUSTOMER_FEATURES + TERMINAL_FEATURES
 MODEL_INPUTS = ("TX_AMOUNT",) + BASELINE_FEATURES
 
 
+# Event shapes the functions accept: the named tuples below or plain tuples.
+CustomerEventTuple = tuple[int, str, float]
+TerminalLabelTuple = tuple[int, str, int]
+
+
 class CustomerEvent(NamedTuple):
-    """One past transaction of a customer, as kept in the online store."""
+    """One past transaction of a customer, as kept in the online store.
+
+    The functions below read events by position, so plain ``(event_ms,
+    transaction_id, amount)`` tuples work too: the stream job keeps those in its
+    state because they pickle several times faster than named tuples.
+    """
 
     event_ms: int
     transaction_id: str
@@ -66,7 +76,10 @@ class CustomerEvent(NamedTuple):
 
 
 class TerminalLabel(NamedTuple):
-    """A known label of a terminal's transaction; ``label_ms``: when it became known."""
+    """A known label of a terminal's transaction; ``label_ms``: when it became known.
+
+    Plain ``(label_ms, transaction_id, fraud)`` tuples work too.
+    """
 
     label_ms: int
     transaction_id: str
@@ -95,7 +108,7 @@ def customer_features(
     event_ms: int,
     transaction_id: str,
     amount: float,
-    history: Iterable[CustomerEvent],
+    history: Iterable[CustomerEventTuple],
 ) -> dict[str, float]:
     """Compute the customer's count and mean amount per window at ``event_ms``.
 
@@ -106,12 +119,13 @@ def customer_features(
     earlier = [
         event
         for event in history
-        if order_key(event.event_ms, event.transaction_id) < current
+        if event[0] < event_ms
+        or (event[0] == event_ms and order_key(event[0], event[1]) < current)
     ]
     result: dict[str, float] = {}
     for days in WINDOW_DAYS:
         start = event_ms - days * MS_PER_DAY
-        amounts = [event.amount for event in earlier if event.event_ms > start]
+        amounts = [event[2] for event in earlier if event[0] > start]
         amounts.append(amount)
         result[f"CUSTOMER_ID_NB_TX_{days}DAY_WINDOW"] = float(len(amounts))
         # fsum is exactly rounded, so the mean does not depend on event order.
@@ -122,18 +136,18 @@ def customer_features(
 
 
 def terminal_features(
-    event_ms: int, labels: Iterable[TerminalLabel]
+    event_ms: int, labels: Iterable[TerminalLabelTuple]
 ) -> dict[str, float]:
     """Compute the terminal's labelled count and fraud share per window at ``event_ms``.
 
     Labels that became known after ``event_ms`` are skipped. The risk is 0 when the
     window holds no labelled transaction.
     """
-    known = [label for label in labels if label.label_ms <= event_ms]
+    known = [label for label in labels if label[0] <= event_ms]
     result: dict[str, float] = {}
     for days in WINDOW_DAYS:
         start = event_ms - days * MS_PER_DAY
-        window = [label.fraud for label in known if label.label_ms > start]
+        window = [label[2] for label in known if label[0] > start]
         count = len(window)
         result[f"TERMINAL_ID_NB_TX_{days}DAY_WINDOW"] = float(count)
         result[f"TERMINAL_ID_RISK_{days}DAY_WINDOW"] = (
@@ -146,8 +160,8 @@ def transaction_features(
     event_ms: int,
     transaction_id: str,
     amount: float,
-    customer_history: Iterable[CustomerEvent],
-    terminal_labels: Iterable[TerminalLabel],
+    customer_history: Iterable[CustomerEventTuple],
+    terminal_labels: Iterable[TerminalLabelTuple],
 ) -> dict[str, float]:
     """Compute all model inputs of one transaction, in ``MODEL_INPUTS`` order."""
     named = {"TX_AMOUNT": amount}

@@ -1,4 +1,4 @@
-"""Replays transactions through ``POST /score`` over HTTP and records each answer.
+"""Replays transactions through ``POST /score`` over HTTP and records each response.
 
 Requests leave in event-time order; up to ``concurrency`` are in flight at once.
 Latency is measured per request on the client, from send to full response.

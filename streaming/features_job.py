@@ -2,12 +2,13 @@
 
 Topology::
 
-    transactions ─ parse ─┬─ keyBy(customer) ─ CustomerWindows ─┐
-                          └─ online store (customer events)      │ keyBy(terminal)
-    labels ────── parse ──┬─ keyBy(terminal) ────────────────────┴─ TerminalWindows
-                          ├─ online store (terminal labels)              │
-                          └─ offline store: labels/dt=…           offline store:
-                                                                  features/dt=…
+    transactions ─ parse ─ keyBy(customer) ─ CustomerWindows ─┐ keyBy(terminal)
+    labels ─────── parse ─┬─ keyBy(terminal) ─────────────────────┴─ TerminalWindows
+                          └─ offline store: labels/dt=…                    │
+                                                   offline store: features/dt=…
+
+CustomerWindows writes each transaction, and TerminalWindows each label, to the
+online store (Redis and PostgreSQL) as it arrives.
 
 Both window operators buffer their input until the watermark passes its event
 time and then process it in event-time order, so a transaction's features never
@@ -39,13 +40,19 @@ from pyflink.datastream import (
     KeyedProcessFunction,
     RuntimeContext,
     StreamExecutionEnvironment,
+    TimeDomain,
 )
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StatementSet, StreamTableEnvironment
 
 from fraudcore import features
-from fraudcore.features import CustomerEvent, TerminalLabel
+from fraudcore.features import (
+    CustomerEvent,
+    CustomerEventTuple,
+    TerminalLabel,
+    TerminalLabelTuple,
+)
 from fraudcore.schema import decode_label, decode_transaction
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from fraudcore.timeutil import MS_PER_DAY, parse_timestamp_ms
@@ -162,39 +169,111 @@ def _in_order(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
+class _OnlineStoreWrites:
+    """Batches the online-store writes of one operator and flushes them on time.
+
+    A batch is flushed when it is full, or ``writer_flush_ms`` of processing time
+    after its first event, whichever comes first.
+    """
+
+    def __init__(self, settings: StreamJobSettings) -> None:
+        self._redis_url = settings.redis_url
+        self._pg_dsn = settings.pg_dsn
+        self._prefix = settings.redis_prefix
+        self._batch_size = settings.writer_batch_size
+        self._flush_ms = settings.writer_flush_ms
+        self.writer: OnlineStoreWriter | None = None
+
+    def open(self) -> None:
+        self.writer = OnlineStoreWriter(self._redis_url, self._pg_dsn, self._prefix)
+
+    def add_customer_event(
+        self, ctx: Any, customer_id: str, event: CustomerEvent
+    ) -> None:
+        assert self.writer is not None, "open() was not called"
+        self.writer.add_customer_event(customer_id, event)
+        self._added(ctx)
+
+    def add_terminal_label(
+        self, ctx: Any, terminal_id: str, label: TerminalLabel
+    ) -> None:
+        assert self.writer is not None, "open() was not called"
+        self.writer.add_terminal_label(terminal_id, label)
+        self._added(ctx)
+
+    def _added(self, ctx: Any) -> None:
+        assert self.writer is not None
+        if len(self.writer) >= self._batch_size:
+            self.writer.flush()
+        elif len(self.writer) == 1:
+            now = ctx.timer_service().current_processing_time()
+            ctx.timer_service().register_processing_time_timer(now + self._flush_ms)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 class CustomerWindows(KeyedProcessFunction):
-    """Adds customer and calendar features to each transaction, keyed by customer."""
+    """Adds customer and calendar features to each transaction, keyed by customer.
+
+    Also writes each transaction to the online store as it arrives, so the
+    scorer sees it without waiting for the watermark.
+    """
+
+    def __init__(self, settings: StreamJobSettings) -> None:
+        self._writes = _OnlineStoreWrites(settings)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
         self._history = runtime_context.get_state(
             ValueStateDescriptor("customer-history", Types.PICKLED_BYTE_ARRAY())
         )
+        self._writes.open()
+
+    def close(self) -> None:
+        self._writes.close()
 
     def process_element(self, value: dict[str, Any], ctx: Any) -> None:
         self._pending.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
+        event = CustomerEvent(
+            value["event_ms"], value["transaction_id"], value["amount"]
+        )
+        self._writes.add_customer_event(ctx, value["customer_id"], event)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
-        history: list[CustomerEvent] = self._history.value() or []
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self._writes.flush()
+            return
+        history: list[CustomerEventTuple] = self._history.value() or []
         for tx in _in_order(self._pending.pop(timestamp)):
-            tx |= features.calendar_features(tx["event_ms"])
-            tx |= features.customer_features(
-                tx["event_ms"], tx["transaction_id"], tx["amount"], history
+            ms, transaction_id, amount = (
+                tx["event_ms"],
+                tx["transaction_id"],
+                tx["amount"],
             )
-            history.append(
-                CustomerEvent(tx["event_ms"], tx["transaction_id"], tx["amount"])
-            )
+            tx |= features.calendar_features(ms)
+            tx |= features.customer_features(ms, transaction_id, amount, history)
+            history.append((ms, transaction_id, amount))
             yield tx
         start = timestamp - LONGEST_WINDOW_MS
-        self._history.update([event for event in history if event.event_ms > start])
+        self._history.update([event for event in history if event[0] > start])
 
 
 class TerminalWindows(KeyedCoProcessFunction):
     """Adds the terminal features to each transaction, keyed by terminal.
 
-    Input 1 carries transactions with their customer features, input 2 the labels.
+    Input 1 carries transactions with their customer features, input 2 the labels;
+    labels are also written to the online store as they arrive.
     """
+
+    def __init__(self, settings: StreamJobSettings) -> None:
+        self._writes = _OnlineStoreWrites(settings)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._pending_tx = _EventTimeBuffer(runtime_context, "pending-transactions")
@@ -202,28 +281,36 @@ class TerminalWindows(KeyedCoProcessFunction):
         self._known = runtime_context.get_state(
             ValueStateDescriptor("terminal-labels", Types.PICKLED_BYTE_ARRAY())
         )
+        self._writes.open()
+
+    def close(self) -> None:
+        self._writes.close()
 
     def process_element1(self, value: dict[str, Any], ctx: Any) -> None:
         self._pending_tx.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
 
     def process_element2(self, value: dict[str, Any], ctx: Any) -> None:
-        label = TerminalLabel(
-            value["label_ms"], value["transaction_id"], value["fraud"]
-        )
+        label = (value["label_ms"], value["transaction_id"], value["fraud"])
         self._pending_labels.add(value["label_ms"], label)
         ctx.timer_service().register_event_time_timer(value["label_ms"])
+        self._writes.add_terminal_label(
+            ctx, value["terminal_id"], TerminalLabel(*label)
+        )
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self._writes.flush()
+            return
         # A label known at t counts for a transaction at t, so labels go first.
-        known: list[TerminalLabel] = self._known.value() or []
+        known: list[TerminalLabelTuple] = self._known.value() or []
         known.extend(self._pending_labels.pop(timestamp))
         for tx in _in_order(self._pending_tx.pop(timestamp)):
             tx |= features.terminal_features(tx["event_ms"], known)
             tx["TX_AMOUNT"] = tx["amount"]
             yield _feature_row(tx)
         start = timestamp - LONGEST_WINDOW_MS
-        self._known.update([label for label in known if label.label_ms > start])
+        self._known.update([label for label in known if label[0] > start])
 
 
 def _feature_row(tx: dict[str, Any]) -> Row:
@@ -248,49 +335,6 @@ def _label_row(label: dict[str, Any]) -> Row:
         label["fraud"],
         day_partition(label["label_ms"]),
     )
-
-
-class OnlineStoreSink(KeyedProcessFunction):
-    """Writes customer events or terminal labels to Redis and PostgreSQL in batches.
-
-    Args:
-        settings: the job's settings (connections, key prefix, batching).
-        kind: ``"customer"`` for transactions, ``"terminal"`` for labels.
-    """
-
-    def __init__(self, settings: StreamJobSettings, kind: str) -> None:
-        self._redis_url = settings.redis_url
-        self._pg_dsn = settings.pg_dsn
-        self._prefix = settings.redis_prefix
-        self._batch_size = settings.writer_batch_size
-        self._flush_ms = settings.writer_flush_ms
-        self._kind = kind
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self._writer = OnlineStoreWriter(self._redis_url, self._pg_dsn, self._prefix)
-
-    def process_element(self, value: dict[str, Any], ctx: Any) -> None:
-        if self._kind == "customer":
-            event = CustomerEvent(
-                value["event_ms"], value["transaction_id"], value["amount"]
-            )
-            self._writer.add_customer_event(value["customer_id"], event)
-        else:
-            label = TerminalLabel(
-                value["label_ms"], value["transaction_id"], value["fraud"]
-            )
-            self._writer.add_terminal_label(value["terminal_id"], label)
-        if len(self._writer) >= self._batch_size:
-            self._writer.flush()
-        elif len(self._writer) == 1:
-            now = ctx.timer_service().current_processing_time()
-            ctx.timer_service().register_processing_time_timer(now + self._flush_ms)
-
-    def on_timer(self, timestamp: int, ctx: Any) -> None:
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 # --- wiring ----------------------------------------------------------------------
@@ -340,21 +384,14 @@ def build_pipeline(
     ).flat_map(parse_label, output_type=Types.PICKLED_BYTE_ARRAY())
 
     with_customer = transactions.key_by(lambda tx: tx["customer_id"]).process(
-        CustomerWindows(), output_type=Types.PICKLED_BYTE_ARRAY()
+        CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY()
     )
     feature_rows = (
         with_customer.key_by(lambda tx: tx["terminal_id"])
         .connect(labels.key_by(lambda label: label["terminal_id"]))
-        .process(TerminalWindows(), output_type=FEATURE_ROW)
+        .process(TerminalWindows(settings), output_type=FEATURE_ROW)
     )
     label_rows = labels.map(_label_row, output_type=LABEL_ROW)
-
-    transactions.key_by(lambda tx: tx["customer_id"]).process(
-        OnlineStoreSink(settings, "customer")
-    ).name("online store: customers")
-    labels.key_by(lambda label: label["terminal_id"]).process(
-        OnlineStoreSink(settings, "terminal")
-    ).name("online store: terminals")
 
     table_env = StreamTableEnvironment.create(env)
     statements = table_env.create_statement_set()

@@ -144,8 +144,8 @@ class StreamedSpan:
 def streamed_span(test_settings: PlatformSettings) -> StreamedSpan:
     """Replay the default span of the real dataset and run the feature job on it.
 
-    Runs once per session (a few minutes on two cores); the feature, parity and
-    scorer tests all read what it leaves in the offline and online stores.
+    Runs once per session and takes a few minutes on two cores. The feature and
+    parity tests read what it leaves in the offline and online stores.
     """
     path = test_settings.data_dir / "transactions.parquet"
     if not path.exists():

@@ -1,0 +1,100 @@
+"""Online features (Redis, and PostgreSQL after a Redis miss) equal the offline rows.
+
+Reads the stores the feature job filled in the ``streamed_span`` fixture through
+the scorer's own lookup code, then computes features with the shared functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import redis
+
+from fraudcore.features import MODEL_INPUTS, transaction_features
+from fraudcore.store import customer_key, terminal_key
+from services.scorer.clients import create_pg_pool, create_redis
+from services.scorer.feature_store import HistoryLookup, HistoryQuery
+from services.scorer.metrics import ScorerMetrics
+from services.scorer.settings import ScorerSettings
+
+pytestmark = pytest.mark.integration
+
+SAMPLE_SIZE = 2_000
+TOLERANCE = 1e-9
+
+
+@pytest.fixture(scope="module")
+def sample(streamed_span) -> pd.DataFrame:
+    """Offline rows of test-week transactions, ties between them included."""
+    path = streamed_span.settings.offline_store / "features"
+    offline = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    rows = offline.to_pandas()
+    week = rows[(rows["dt"] >= "2018-08-08") & (rows["dt"] <= "2018-08-14")]
+    tied = week[week.duplicated(["customer_id", "event_ms"], keep=False)]
+    drawn = week.sample(SAMPLE_SIZE, random_state=7)
+    return pd.concat([drawn, tied]).drop_duplicates("transaction_id")
+
+
+def online_features(settings: ScorerSettings, rows: pd.DataFrame):
+    async def lookup_all():
+        client = create_redis(settings)
+        pool = create_pg_pool(settings)
+        await pool.open()
+        lookup = HistoryLookup(
+            client, pool, settings.redis_prefix, 5.0, 5.0, ScorerMetrics()
+        )
+        results = []
+        try:
+            for row in rows.itertuples(index=False):
+                query = HistoryQuery.for_transaction(
+                    row.customer_id, row.terminal_id, row.event_ms
+                )
+                histories, source = await lookup.fetch(query)
+                features = transaction_features(
+                    row.event_ms,
+                    row.transaction_id,
+                    row.TX_AMOUNT,
+                    histories.customer,
+                    histories.terminal,
+                )
+                results.append((source, [features[name] for name in MODEL_INPUTS]))
+        finally:
+            await pool.close()
+            await client.aclose()
+        return results
+
+    return asyncio.run(lookup_all())
+
+
+def scorer_settings(streamed_span) -> ScorerSettings:
+    return ScorerSettings(**streamed_span.settings.model_dump())
+
+
+def assert_equal_to_offline(results, rows: pd.DataFrame, expected_source: str):
+    sources = {source for source, _ in results}
+    assert sources == {expected_source}
+    served = np.array([values for _, values in results])
+    offline = rows[list(MODEL_INPUTS)].to_numpy()
+    difference = np.abs(served - offline)
+    mismatched = rows["transaction_id"][(difference > TOLERANCE).any(axis=1)]
+    assert mismatched.empty, f"features differ for {mismatched.tolist()[:20]}"
+
+
+def test_online_parity_redis_path(streamed_span, sample):
+    results = online_features(scorer_settings(streamed_span), sample)
+    assert_equal_to_offline(results, sample, "redis")
+
+
+def test_online_parity_postgres_fallback(streamed_span, sample):
+    settings = scorer_settings(streamed_span)
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = [customer_key(settings.redis_prefix, c) for c in sample["customer_id"]]
+    keys += [terminal_key(settings.redis_prefix, t) for t in sample["terminal_id"]]
+    client.delete(*set(keys))
+
+    results = online_features(settings, sample)
+    assert_equal_to_offline(results, sample, "postgres")
