@@ -14,3 +14,12 @@ CREATE TABLE IF NOT EXISTS model_registry (
     stage           text        NOT NULL DEFAULT 'production'
 );
 """
+
+# Decision settings kept with a model version, added after the table above. Rows
+# written without them keep NULL: the scorer then derives the review threshold
+# from ``threshold`` and applies no guardrail rules.
+REGISTRY_DECISION_COLUMNS = """
+ALTER TABLE model_registry
+    ADD COLUMN IF NOT EXISTS review_threshold double precision,
+    ADD COLUMN IF NOT EXISTS rules jsonb;
+"""
