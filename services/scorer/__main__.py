@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from services.scorer.app import create_app
 from services.scorer.settings import ScorerSettings
+
+# Must match services.scorer.metrics.MULTIPROCESS_ENV; that module is not
+# imported here because importing prometheus_client fixes its mode.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -49,9 +54,39 @@ def logging_config(level: str) -> dict[str, Any]:
     }
 
 
+def prepare_multiprocess_metrics(settings: ScorerSettings) -> Path | None:
+    """Point prometheus_client at an empty folder when there are several workers.
+
+    The variable must be set before any worker imports prometheus_client, and
+    the folder must not hold files of an earlier run, whose counts would be
+    added to this run's.
+
+    Returns:
+        The folder when this function created it, so the caller removes it.
+    """
+    if settings.workers == 1:
+        return None
+    if settings.metrics_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="fraud-scorer-metrics-"))
+        created: Path | None = folder
+    else:
+        folder, created = settings.metrics_dir, None
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    os.environ[MULTIPROCESS_ENV] = str(folder)
+    return created
+
+
 def main() -> None:
     """Read the settings and run uvicorn until it is stopped."""
     settings = ScorerSettings()
+    created = prepare_multiprocess_metrics(settings)
+    # Imported only now, after the metrics mode is fixed.
+    import uvicorn
+
+    from services.scorer.app import create_app
+
     # One worker gets the app built from these settings. Several workers need an
     # import string, and each worker process then reads the settings itself.
     app: Any = (
@@ -59,6 +94,15 @@ def main() -> None:
         if settings.workers == 1
         else "services.scorer.app:create_app"
     )
+    try:
+        run_server(uvicorn, app, settings)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def run_server(uvicorn: Any, app: Any, settings: ScorerSettings) -> None:
+    """Run uvicorn with the service's protocol and logging options."""
     uvicorn.run(
         app,
         factory=settings.workers > 1,

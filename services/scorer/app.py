@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,12 +10,12 @@ from fastapi import FastAPI
 
 from services.scorer.errors import install_error_handlers
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.routes import health, metrics, score
+from services.scorer.routes import health, labels, metrics, noop, score
 from services.scorer.runtime import (
     close_runtime,
-    keep_loading_model,
     load_model_once,
     open_runtime,
+    start_background_tasks,
 )
 from services.scorer.settings import ScorerSettings
 
@@ -35,8 +33,11 @@ def create_app(settings: ScorerSettings | None = None) -> FastAPI:
     app.state.metrics = ScorerMetrics()
     install_error_handlers(app)
     app.include_router(score.router)
+    app.include_router(labels.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    if settings.noop_route:
+        app.include_router(noop.router)
     return app
 
 
@@ -47,22 +48,19 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await open_runtime(settings, app.state.metrics)
         app.state.runtime = runtime
-        retry: asyncio.Task[None] | None = None
-        if not await load_model_once(runtime):
-            retry = asyncio.create_task(keep_loading_model(runtime))
+        loaded = await load_model_once(runtime)
+        start_background_tasks(runtime, loaded)
         if runtime.model is not None:
             logger.info("scorer started, serving model %s", runtime.model.version)
         else:
             logger.warning(
                 "scorer started without a model; loading it in the background"
             )
+        if not settings.require_api_key:
+            logger.warning("FRAUD_REQUIRE_API_KEY is false; requests need no key")
         try:
             yield
         finally:
-            if retry is not None:
-                retry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await retry
             await close_runtime(runtime)
             logger.info("scorer stopped")
 

@@ -54,6 +54,48 @@ class ModelLoadError(ScorerError):
     kind = "model_load"
 
 
+class AuthenticationFailed(ScorerError):
+    """The request has no X-API-Key header, or its key is not known."""
+
+    status_code = 401
+    kind = "unauthorized"
+
+
+class RevokedApiKey(ScorerError):
+    """The request's API key has been revoked."""
+
+    status_code = 403
+    kind = "forbidden"
+
+
+class ApiKeysUnavailable(ScorerError):
+    """The API keys have not been loaded from PostgreSQL yet."""
+
+    status_code = 503
+    kind = "api_keys_unavailable"
+
+
+class TransactionNotFound(ScorerError):
+    """A label names a transaction that this service never scored."""
+
+    status_code = 404
+    kind = "transaction_not_found"
+
+
+class IdempotencyConflict(ScorerError):
+    """A transaction id was sent again with a different body."""
+
+    status_code = 409
+    kind = "idempotency_conflict"
+
+
+class LabelStoreUnavailable(ScorerError):
+    """PostgreSQL, which records labels, did not respond."""
+
+    status_code = 503
+    kind = "label_store_unavailable"
+
+
 def describe_request_errors(exc: RequestValidationError) -> str:
     """Summarize FastAPI's validation errors as one sentence naming the first field.
 

@@ -17,6 +17,11 @@ terminal has no retained events (a new customer, or a terminal without known
 labels yet), and Redis is trusted, which keeps a PostgreSQL query off the path
 of every new customer. Redis errors and timeouts also fall back to PostgreSQL,
 and a PostgreSQL failure leaves empty histories with the source ``default``.
+
+Each lookup has a deadline on the event loop's clock. Redis gets
+``redis_timeout_seconds`` or less, and PostgreSQL whatever remains. The same
+Redis round trip also reads the transaction's stored decision, if any, so the
+idempotency check costs no extra round trip.
 """
 
 from __future__ import annotations
@@ -84,13 +89,34 @@ class Histories:
     terminal: list[TerminalLabel] = field(default_factory=list)
 
 
-async def read_redis(
-    client: Redis, prefix: str, query: HistoryQuery
-) -> Histories | None:
-    """Read both histories from Redis in one pipelined round trip.
+@dataclass(frozen=True)
+class RedisReply:
+    """What one Redis round trip returned: histories (None on a miss) and more."""
 
-    Returns:
-        The histories, or None when neither key exists (a miss).
+    histories: Histories | None
+    stored_decision: bytes | None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Histories of one transaction, their store, and the decision stored in Redis.
+
+    ``stored_decision`` is None when Redis has none or did not respond;
+    ``redis_responded`` tells the two apart.
+    """
+
+    histories: Histories
+    source: FeatureSource
+    stored_decision: bytes | None = None
+    redis_responded: bool = False
+
+
+async def read_redis(
+    client: Redis, prefix: str, query: HistoryQuery, decision_key: str | None = None
+) -> RedisReply:
+    """Read both histories, and the value at ``decision_key``, in one round trip.
+
+    ``histories`` is None when neither history key exists (a miss).
     """
     customer = customer_key(prefix, query.customer_id)
     terminal = terminal_key(prefix, query.terminal_id)
@@ -100,14 +126,18 @@ async def read_redis(
         pipe.exists(terminal)
         pipe.zrangebyscore(customer, low, query.end_ms, withscores=True)
         pipe.zrangebyscore(terminal, low, query.end_ms, withscores=True)
-        has_customer, has_terminal, events, labels = await pipe.execute()
+        if decision_key is not None:
+            pipe.get(decision_key)
+        has_customer, has_terminal, events, labels, *stored = await pipe.execute()
 
+    stored_decision = stored[0] if stored else None
     if not has_customer and not has_terminal:
-        return None
-    return Histories(
+        return RedisReply(None, stored_decision)
+    histories = Histories(
         customer=[decode_customer_member(member, score) for member, score in events],
         terminal=[decode_label_member(member, score) for member, score in labels],
     )
+    return RedisReply(histories, stored_decision)
 
 
 async def read_postgres(
@@ -157,21 +187,43 @@ class HistoryLookup:
         self._redis_warning = ThrottledWarning(logger)
         self._pg_warning = ThrottledWarning(logger)
 
-    async def fetch(self, query: HistoryQuery) -> tuple[Histories, FeatureSource]:
-        """Return the histories of ``query`` and the store they came from."""
-        found = await self._try_redis(query)
-        if found is not None:
-            return found, "redis"
+    async def fetch(
+        self,
+        query: HistoryQuery,
+        deadline: float | None = None,
+        decision_key: str | None = None,
+    ) -> Lookup:
+        """Return the histories of ``query``, their store and the stored decision.
 
-        found = await self._try_postgres(query)
-        if found is not None:
-            return found, "postgres"
-        return Histories(), "default"
+        Args:
+            query: Keys and window to read.
+            deadline: ``loop.time()`` by which the lookup must end; None allows
+                each store its full timeout.
+            decision_key: Redis key of the transaction's stored decision, read in
+                the same round trip.
+        """
+        loop = asyncio.get_running_loop()
+        end = deadline if deadline is not None else loop.time() + self._pg_timeout
+        redis_budget = min(self._redis_timeout, end - loop.time())
+        reply = await self._try_redis(query, redis_budget, decision_key)
+        if reply is not None and reply.histories is not None:
+            return Lookup(reply.histories, "redis", reply.stored_decision, True)
+        stored = None if reply is None else reply.stored_decision
 
-    async def _try_redis(self, query: HistoryQuery) -> Histories | None:
+        pg_budget = min(self._pg_timeout, end - loop.time())
+        found = await self._try_postgres(query, pg_budget)
+        source: FeatureSource = "postgres" if found is not None else "default"
+        return Lookup(found or Histories(), source, stored, reply is not None)
+
+    async def _try_redis(
+        self, query: HistoryQuery, budget: float, decision_key: str | None
+    ) -> RedisReply | None:
+        if budget <= 0:
+            self._metrics.errors.labels(kind="deadline_exceeded").inc()
+            return None
         try:
-            async with asyncio.timeout(self._redis_timeout):
-                return await read_redis(self._redis, self._prefix, query)
+            async with asyncio.timeout(budget):
+                return await read_redis(self._redis, self._prefix, query, decision_key)
         except REDIS_FAILURES as exc:
             self._metrics.errors.labels(kind="redis_unavailable").inc()
             self._redis_warning.warn(
@@ -179,13 +231,21 @@ class HistoryLookup:
             )
             return None
 
-    async def _try_postgres(self, query: HistoryQuery) -> Histories | None:
+    async def _try_postgres(
+        self, query: HistoryQuery, budget: float
+    ) -> Histories | None:
+        if budget <= 0:
+            self._metrics.errors.labels(kind="deadline_exceeded").inc()
+            self._pg_warning.warn(
+                "no time left for the postgresql fallback, using default features"
+            )
+            return None
         try:
             # NOTE: on timeout psycopg first sends the server a cancel request,
             # which can delay the fallback past the timeout. The server-side
             # statement_timeout set in clients.py bounds slow queries.
-            async with asyncio.timeout(self._pg_timeout):
-                return await read_postgres(self._pg_pool, query, self._pg_timeout)
+            async with asyncio.timeout(budget):
+                return await read_postgres(self._pg_pool, query, budget)
         except PG_FAILURES as exc:
             self._metrics.errors.labels(kind="postgres_unavailable").inc()
             self._pg_warning.warn(

@@ -10,11 +10,12 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
 from fraudcore.schema import TransactionRecord
-from services.scorer.schemas import ScoreOut
 
 # The entry point gives this logger a bare "%(message)s" format, so that each
 # decision is one JSON object per line.
@@ -22,6 +23,17 @@ decision_logger = logging.getLogger("services.scorer.decisions")
 logger = logging.getLogger(__name__)
 
 PSEUDONYM_HEX_CHARS = 16
+LOGGED_FIELDS = (
+    "probability",
+    "decision",
+    "model_version",
+    "feature_source",
+    "degraded",
+    "feature_age_ms",
+    "rules",
+    "reasons",
+    "decided_at",
+)
 
 
 class DecisionLog:
@@ -47,10 +59,11 @@ class DecisionLog:
         digest = hmac.new(self._key, identifier.encode(), hashlib.sha256)
         return digest.hexdigest()[:PSEUDONYM_HEX_CHARS]
 
-    def write(
-        self, record: TransactionRecord, result: ScoreOut, threshold: float
-    ) -> None:
-        """Log the decision on ``record`` at INFO under the ``score_decision`` event."""
+    def write(self, record: TransactionRecord, response: Mapping[str, Any]) -> None:
+        """Log a new decision at INFO under the ``score_decision`` event.
+
+        ``response`` holds the fields of :class:`~services.scorer.schemas.ScoreOut`.
+        """
         if not decision_logger.isEnabledFor(logging.INFO):
             return
         entry = {
@@ -62,12 +75,8 @@ class DecisionLog:
             if record.device_id is None
             else self.pseudonym(record.device_id),
             "timestamp": record.timestamp,
-            "probability": result.probability,
-            "threshold": threshold,
-            "decision": result.decision,
-            "model_version": result.model_version,
-            "feature_source": result.feature_source,
         }
+        entry |= {name: response[name] for name in LOGGED_FIELDS}
         decision_logger.info("%s", orjson.dumps(entry).decode())
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from fraudcore.features import MODEL_INPUTS
@@ -31,6 +32,13 @@ class ScoringModel:
         row = np.asarray([features], dtype=np.float32)
         (probabilities,) = self.session.run([self.output_name], {self.input_name: row})
         return float(probabilities[0, FRAUD_CLASS_COLUMN])
+
+    def predict_rows(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Return the fraud probability of each row, shape (n_rows,)."""
+        (probabilities,) = self.session.run(
+            [self.output_name], {self.input_name: rows.astype(np.float32, copy=False)}
+        )
+        return np.asarray(probabilities[:, FRAUD_CLASS_COLUMN], dtype=np.float64)
 
 
 def open_model(artifact: bytes, version: str, threshold: float) -> ScoringModel:

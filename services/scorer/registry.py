@@ -1,7 +1,9 @@
 """Loading of the served model from the ``model_registry`` table.
 
-The training job writes the rows (see :data:`fraudcore.registry.REGISTRY_SCHEMA`);
-the scorer only reads them.
+The training job writes the rows (see :data:`fraudcore.registry.REGISTRY_SCHEMA`)
+and the scorer reads them. The scorer also creates the decision columns of the
+registry and its own tables (:data:`fraudcore.decisions.DECISIONS_SCHEMA`) when
+they do not exist yet.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
 from services.scorer.errors import ModelLoadError
+from services.scorer.explain import Explainer, load_explainer
 from services.scorer.model import ScoringModel, open_model
+from services.scorer.policy import Rule, parse_rules
 
 logger = logging.getLogger(__name__)
 
 # libpq accepts whole seconds only and treats values below 2 as 2.
 REGISTRY_CONNECT_TIMEOUT_SECONDS = 2
 REGISTRY_QUERY_TIMEOUT_SECONDS = 10.0
+# Key of the advisory lock held while the scorer creates its tables.
+SCHEMA_LOCK_ID = 7_146_352_001
 
 
 @dataclass(frozen=True)
@@ -36,13 +44,37 @@ class RegistryRow:
     artifact_sha256: str
     feature_names: Any
     threshold: float
+    review_threshold: float | None = None
+    rules: Any = None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified model version with the decision settings stored with it.
+
+    ``review_threshold`` is None when the registry row has none; the runtime then
+    derives it from the block threshold.
+    """
+
+    model: ScoringModel
+    review_threshold: float | None
+    rules: tuple[Rule, ...]
+    explainer: Explainer | None
+
+    @property
+    def version(self) -> str:
+        """Registry version of the model."""
+        return self.model.version
 
 
 async def fetch_registry_row(
     conn: psycopg.AsyncConnection[Any], version: str | None
 ) -> RegistryRow | None:
     """Fetch the row of ``version``, or the newest 'production' row when it is None."""
-    columns = "version, artifact_path, artifact_sha256, feature_names, threshold"
+    columns = (
+        "version, artifact_path, artifact_sha256, feature_names, threshold, "
+        "review_threshold, rules"
+    )
     if version is None:
         sql = (
             f"SELECT {columns} FROM model_registry WHERE stage = 'production' "
@@ -60,8 +92,8 @@ async def fetch_registry_row(
 
 async def load_registered_model(
     pg_dsn: str, version: str | None, model_dir: Path
-) -> ScoringModel:
-    """Load, verify and open the registered model.
+) -> ServedModel:
+    """Load, verify and open the registered model and its explainer.
 
     Args:
         pg_dsn: DSN of the database holding ``model_registry``.
@@ -70,7 +102,8 @@ async def load_registered_model(
 
     Raises:
         ModelLoadError: if the row or artifact is missing, the artifact's sha256 or
-            feature names differ from the row, or onnxruntime cannot open it.
+            feature names differ from the row, onnxruntime cannot open it, its
+            rules are invalid, or the text model beside it is another model.
     """
     requested = (
         repr(version) if version is not None else "the newest 'production' model"
@@ -96,13 +129,20 @@ async def load_registered_model(
         ) from exc
     check_sha256(row, artifact)
 
+    rules = parse_rules(row.rules, row.version)
     model = await asyncio.to_thread(
         open_model, artifact, row.version, float(row.threshold)
     )
+    explainer = await asyncio.to_thread(load_explainer, path, model)
     logger.info(
-        "loaded model %s from %s (threshold %.4f)", row.version, path, row.threshold
+        "loaded model %s from %s (threshold %.4f, %d rules)",
+        row.version,
+        path,
+        row.threshold,
+        len(rules),
     )
-    return model
+    review = None if row.review_threshold is None else float(row.review_threshold)
+    return ServedModel(model, review, rules, explainer)
 
 
 async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:
@@ -111,7 +151,19 @@ async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None
     async with await psycopg.AsyncConnection.connect(
         pg_dsn, autocommit=True, connect_timeout=REGISTRY_CONNECT_TIMEOUT_SECONDS
     ) as conn:
+        await ensure_schema(conn)
         return await fetch_registry_row(conn, version)
+
+
+async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create the registry and decision tables and columns that do not exist yet."""
+    # Concurrent CREATE TABLE IF NOT EXISTS can fail with a unique violation in
+    # PostgreSQL's catalog, so the workers of one deployment take turns.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+        await conn.execute(REGISTRY_SCHEMA)
+        await conn.execute(REGISTRY_DECISION_COLUMNS)
+        await conn.execute(DECISIONS_SCHEMA)
 
 
 def resolve_artifact_path(artifact_path: str, model_dir: Path) -> Path:

@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from services.scorer.auth import ApiKeys
 from services.scorer.clients import create_pg_pool, create_redis
-from services.scorer.errors import ModelLoadError
-from services.scorer.feature_store import HistoryLookup
+from services.scorer.errors import ModelLoadError, ModelUnavailable
+from services.scorer.events import EventPublisher
+from services.scorer.feature_store import REDIS_FAILURES, HistoryLookup
+from services.scorer.idempotency import DecisionStore, DecisionWriter
 from services.scorer.logs import DecisionLog
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.model import ScoringModel
-from services.scorer.registry import load_registered_model
+from services.scorer.policy import DecisionPolicy
+from services.scorer.registry import ServedModel, load_registered_model
 from services.scorer.settings import ScorerSettings
 
 logger = logging.getLogger(__name__)
+
+WARM_UP_SECONDS = 1.0
 
 
 @dataclass
@@ -37,12 +42,55 @@ class Runtime:
     histories: HistoryLookup
     metrics: ScorerMetrics
     decision_log: DecisionLog
-    model: ScoringModel | None = None
+    writer: DecisionWriter
+    decisions: DecisionStore
+    events: EventPublisher
+    api_keys: ApiKeys
+    model: ServedModel | None = None
+    policy: DecisionPolicy | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def threshold(self, model: ScoringModel) -> float:
-        """Return the block threshold: the setting when given, else the model's."""
-        override = self.settings.block_threshold
-        return model.threshold if override is None else override
+    def install(self, served: ServedModel) -> None:
+        """Serve ``served`` with the policy of its row and the settings.
+
+        Raises:
+            ModelLoadError: if the resulting review threshold exceeds the block
+                threshold.
+        """
+        policy = build_policy(served, self.settings)
+        self.model, self.policy = served, policy
+
+    def serving(self) -> tuple[ServedModel, DecisionPolicy]:
+        """Return the served model and its policy.
+
+        Raises:
+            ModelUnavailable: if no model has been loaded yet.
+        """
+        model, policy = self.model, self.policy
+        if model is None or policy is None:
+            raise ModelUnavailable(
+                "no model is loaded yet, so the transaction was not scored; retry "
+                "when GET /readyz returns 200."
+            )
+        return model, policy
+
+
+def build_policy(served: ServedModel, settings: ScorerSettings) -> DecisionPolicy:
+    """Combine the thresholds of the model row with the settings that override them.
+
+    The block threshold is the setting, else the row's ``threshold``. The review
+    threshold is the setting, else the row's ``review_threshold``, else
+    ``default_review_ratio`` times the block threshold.
+    """
+    block = settings.block_threshold
+    if block is None:
+        block = served.model.threshold
+    review = settings.review_threshold
+    if review is None:
+        review = served.review_threshold
+    if review is None:
+        review = settings.default_review_ratio * block
+    return DecisionPolicy(review, block, served.rules)
 
 
 async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runtime:
@@ -64,11 +112,65 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
     decision_log = DecisionLog(
         None if hash_key is None else hash_key.get_secret_value().encode()
     )
-    return Runtime(settings, redis, pg_pool, histories, metrics, decision_log)
+    writer = DecisionWriter(pg_pool, settings.decision_buffer_rows, metrics)
+    decisions = DecisionStore(
+        redis,
+        pg_pool,
+        writer,
+        prefix=settings.redis_prefix,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        redis_timeout_seconds=settings.redis_timeout_seconds,
+        pg_timeout_seconds=settings.pg_timeout_seconds,
+    )
+    await warm_up_redis(redis)
+    events = EventPublisher(settings, metrics)
+    events.start()
+    api_keys = ApiKeys(
+        pg_pool, settings.api_key_refresh_seconds, settings.pg_timeout_seconds
+    )
+    return Runtime(
+        settings,
+        redis,
+        pg_pool,
+        histories,
+        metrics,
+        decision_log,
+        writer,
+        decisions,
+        events,
+        api_keys,
+    )
+
+
+async def warm_up_redis(redis: Redis) -> None:
+    """Open the first Redis connection now rather than in the first request.
+
+    Connecting takes longer than a request's Redis budget. A failure is logged
+    and left to the requests, which fall back to PostgreSQL.
+    """
+    try:
+        async with asyncio.timeout(WARM_UP_SECONDS):
+            await redis.ping()
+    except REDIS_FAILURES as exc:
+        logger.warning("redis did not respond at start-up: %r", exc)
+
+
+def start_background_tasks(runtime: Runtime, model_loaded: bool) -> None:
+    """Start the decision writer, the key reloads and, if needed, model retries."""
+    runtime.tasks.append(asyncio.create_task(runtime.writer.run()))
+    if runtime.settings.require_api_key:
+        runtime.tasks.append(asyncio.create_task(runtime.api_keys.run()))
+    if not model_loaded:
+        runtime.tasks.append(asyncio.create_task(keep_loading_model(runtime)))
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    """Close the Redis client and the PostgreSQL pool."""
+    """Stop the background tasks, flush the buffers and close the clients."""
+    for task in runtime.tasks:
+        task.cancel()
+    await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await runtime.writer.drain(runtime.settings.flush_timeout_seconds)
+    await asyncio.to_thread(runtime.events.close)
     await runtime.redis.aclose()
     await runtime.pg_pool.close()
 
@@ -77,9 +179,10 @@ async def load_model_once(runtime: Runtime) -> bool:
     """Load the registered model into ``runtime`` and return whether it loaded."""
     settings = runtime.settings
     try:
-        runtime.model = await load_registered_model(
+        served = await load_registered_model(
             settings.pg_dsn, settings.model_version, settings.model_dir
         )
+        runtime.install(served)
     except ModelLoadError as exc:
         runtime.metrics.errors.labels(kind=exc.kind).inc()
         logger.error(

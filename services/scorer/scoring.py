@@ -1,61 +1,253 @@
-"""Scoring of one transaction: histories, features, model, decision, log."""
+"""Scoring of one transaction: histories, features, model, decision, claim, events."""
 
 from __future__ import annotations
 
-from fraudcore.features import transaction_features
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fraudcore.features import order_key, transaction_features
 from fraudcore.schema import TransactionRecord
-from services.scorer.errors import ModelUnavailable
-from services.scorer.feature_store import HistoryQuery
+from fraudcore.timeutil import format_timestamp_ms
+from services.scorer.errors import IdempotencyConflict
+from services.scorer.feature_store import LOOKBACK_MS, Histories, HistoryQuery
+from services.scorer.idempotency import (
+    ClaimUnavailable,
+    StoredDecision,
+    request_digest,
+)
+from services.scorer.policy import DecisionPolicy, most_severe
+from services.scorer.registry import ServedModel
 from services.scorer.runtime import Runtime
-from services.scorer.schemas import Decision, ScoreOut
+from services.scorer.schemas import Decision, FeatureSource
+
+# Share of the request deadline that the feature lookup may use. The rest is
+# kept for inference, the idempotency claim and the response.
+FEATURE_BUDGET_SHARE = 0.75
 
 
-def decide(probability: float, threshold: float) -> Decision:
-    """Return ``block`` when the probability reaches the threshold, else ``allow``."""
-    return "block" if probability >= threshold else "allow"
+@dataclass(frozen=True)
+class Verdict:
+    """The decision on one transaction and what led to it."""
+
+    probability: float
+    decision: Decision
+    rules: list[str]
+    reasons: list[dict[str, Any]]
 
 
-async def score_transaction(runtime: Runtime, record: TransactionRecord) -> ScoreOut:
-    """Compute the features of ``record``, score them and decide.
+def feature_age_ms(
+    event_ms: int, transaction_id: str, histories: Histories
+) -> int | None:
+    """Return ``event_ms`` minus the newest event time that the features used.
+
+    The events used are the customer's transactions ordered before this one and
+    the terminal's labels known at ``event_ms``, all within the longest window.
+    None when there are none.
+    """
+    start = event_ms - LOOKBACK_MS
+    current = order_key(event_ms, transaction_id)
+    newest = max(
+        (
+            event[0]
+            for event in histories.customer
+            if event[0] > start and order_key(event[0], event[1]) < current
+        ),
+        default=None,
+    )
+    newest_label = max(
+        (label[0] for label in histories.terminal if start < label[0] <= event_ms),
+        default=None,
+    )
+    if newest_label is not None and (newest is None or newest_label > newest):
+        newest = newest_label
+    return None if newest is None else event_ms - newest
+
+
+def judge(
+    runtime: Runtime,
+    served: ServedModel,
+    policy: DecisionPolicy,
+    features: dict[str, float],
+    degraded: bool,
+) -> Verdict:
+    """Score the features and combine thresholds, rules and the degraded policy."""
+    stages = runtime.metrics.stage_duration
+    started = time.perf_counter()
+    probability = served.model.predict(list(features.values()))
+    hits = policy.rule_hits(features)
+    candidates: list[Decision] = [policy.threshold_decision(probability)]
+    candidates += [rule.decision for rule in hits]
+    if degraded:
+        candidates.append(runtime.settings.degraded_decision)
+    decision = most_severe(candidates)
+    inferred = time.perf_counter()
+    stages.labels(stage="inference").observe(inferred - started)
+
+    reasons: list[dict[str, Any]] = []
+    if decision != "allow" and served.explainer is not None:
+        reasons = [r.model_dump() for r in served.explainer.reasons(features)]
+        stages.labels(stage="explain").observe(time.perf_counter() - inferred)
+    return Verdict(probability, decision, [rule.name for rule in hits], reasons)
+
+
+def replay(previous: StoredDecision, digest: str, runtime: Runtime) -> bytes:
+    """Return the stored response of a repeated request.
+
+    Raises:
+        IdempotencyConflict: if the stored decision was made for another body.
+    """
+    if previous.request_sha256 != digest:
+        raise IdempotencyConflict(
+            f"transaction {previous.transaction_id!r} was already scored with a "
+            "different body; send the same body or a new transaction_id."
+        )
+    runtime.metrics.replays.inc()
+    return previous.response
+
+
+async def score_transaction(
+    runtime: Runtime, record: TransactionRecord, arrived: float
+) -> bytes:
+    """Score ``record`` and return the JSON response body.
+
+    Args:
+        runtime: The process state.
+        record: The validated transaction.
+        arrived: ``loop.time()`` when the request arrived; the deadline counts
+            from it.
 
     Raises:
         ModelUnavailable: if no model has been loaded yet.
+        IdempotencyConflict: if the transaction id was scored with another body.
     """
-    model = runtime.model
-    if model is None:
-        raise ModelUnavailable(
-            "no model is loaded yet, so the transaction was not scored; retry when "
-            "GET /readyz returns 200."
-        )
+    served, policy = runtime.serving()
+    settings = runtime.settings
+    loop = asyncio.get_running_loop()
+    budget = settings.request_deadline_ms / 1000
+    digest = request_digest(record)
+    stages = runtime.metrics.stage_duration
+    started = time.perf_counter()
 
     event_ms = record.event_ms
     query = HistoryQuery.for_transaction(
         record.customer_id, record.terminal_id, event_ms
     )
-    histories, source = await runtime.histories.fetch(query)
+    lookup = await runtime.histories.fetch(
+        query,
+        deadline=arrived + budget * FEATURE_BUDGET_SHARE,
+        decision_key=runtime.decisions.key(record.transaction_id),
+    )
+    stages.labels(stage="feature_fetch").observe(time.perf_counter() - started)
+    if lookup.stored_decision is not None:
+        previous = StoredDecision.from_redis(lookup.stored_decision)
+        return replay(previous, digest, runtime)
+
     features = transaction_features(
         event_ms,
         record.transaction_id,
         record.amount,
-        histories.customer,
-        histories.terminal,
+        lookup.histories.customer,
+        lookup.histories.terminal,
     )
+    degraded = lookup.source == "default"
+    verdict = judge(runtime, served, policy, features, degraded)
+    decided_ms = time.time_ns() // 1_000_000
+    response = build_response(record, served, verdict, lookup.source, decided_ms)
+    response["feature_age_ms"] = feature_age_ms(
+        event_ms, record.transaction_id, lookup.histories
+    )
+    if settings.return_features:
+        response["features"] = features
+    body = orjson.dumps(response)
 
-    probability = model.predict(list(features.values()))
-    threshold = runtime.threshold(model)
-    result = ScoreOut(
+    stored = StoredDecision(
         transaction_id=record.transaction_id,
-        probability=probability,
-        decision=decide(probability, threshold),
-        model_version=model.version,
-        feature_source=source,
-        features=features if runtime.settings.return_features else None,
+        request_sha256=digest,
+        customer_id=record.customer_id,
+        terminal_id=record.terminal_id,
+        transaction_ms=event_ms,
+        model_version=served.version,
+        probability=verdict.probability,
+        decision=verdict.decision,
+        response=body,
+        decided_at=response["decided_at"],
     )
+    try:
+        previous = await runtime.decisions.claim(
+            stored, arrived + budget - loop.time(), lookup.redis_responded
+        )
+    except ClaimUnavailable:
+        runtime.metrics.errors.labels(kind="idempotency_unavailable").inc()
+        previous = None
+    if previous is not None:
+        return replay(previous, digest, runtime)
 
+    announce(runtime, record, response, decided_ms)
+    stages.labels(stage="total").observe(time.perf_counter() - started)
+    return body
+
+
+def build_response(
+    record: TransactionRecord,
+    served: ServedModel,
+    verdict: Verdict,
+    source: FeatureSource,
+    decided_ms: int,
+) -> dict[str, Any]:
+    """Build the response fields in the order of :class:`ScoreOut`.
+
+    ``feature_age_ms`` is left None for the caller to fill in.
+    """
+    response: dict[str, Any] = {
+        "transaction_id": record.transaction_id,
+        "probability": verdict.probability,
+        "decision": verdict.decision,
+        "model_version": served.version,
+        "feature_source": source,
+        "degraded": source == "default",
+        "feature_age_ms": None,
+        "rules": verdict.rules,
+        "reasons": verdict.reasons,
+        "decided_at": format_timestamp_ms(decided_ms),
+    }
+    return response
+
+
+DECISION_EVENT_FIELDS = (
+    "transaction_id",
+    "model_version",
+    "probability",
+    "decision",
+    "rules",
+    "reasons",
+    "feature_source",
+    "degraded",
+    "decided_at",
+)
+
+
+def announce(
+    runtime: Runtime,
+    record: TransactionRecord,
+    response: dict[str, Any],
+    decided_ms: int,
+) -> None:
+    """Count, log and publish a new decision."""
     metrics = runtime.metrics
     metrics.decisions.labels(
-        model_version=model.version, decision=result.decision
+        model_version=response["model_version"], decision=response["decision"]
     ).inc()
-    metrics.feature_sources.labels(source=source).inc()
-    runtime.decision_log.write(record, result, threshold)
-    return result
+    metrics.feature_sources.labels(source=response["feature_source"]).inc()
+    if response["degraded"]:
+        metrics.degraded.inc()
+    runtime.decision_log.write(record, response)
+
+    event = {name: response[name] for name in DECISION_EVENT_FIELDS}
+    runtime.events.publish_transaction(record)
+    runtime.events.publish_decision(
+        record.transaction_id, orjson.dumps(event), decided_ms
+    )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from fraudcore.settings import PlatformSettings
 
+DecisionName = Literal["allow", "review", "block"]
+
 
 class ScorerSettings(PlatformSettings):
-    """Server, model, feature-store and logging options of the scorer."""
+    """Server, model, feature-store, events, security and logging options."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65_535)
@@ -22,6 +25,14 @@ class ScorerSettings(PlatformSettings):
     # Probability at or above which a transaction is blocked. None uses the
     # threshold stored with the model in the registry.
     block_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Probability at or above which a transaction goes to review. None uses the
+    # model row's review_threshold, or default_review_ratio times its threshold
+    # when the row has none.
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    default_review_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Least severe decision when both feature stores failed and the features are
+    # defaults. A more severe decision of the model or a rule is kept.
+    degraded_decision: DecisionName = "review"
     # Seconds between attempts to load the model when the registry or the
     # artifact is not available at start-up.
     model_retry_seconds: float = Field(default=5.0, gt=0)
@@ -32,16 +43,56 @@ class ScorerSettings(PlatformSettings):
     # Requests with a larger body are rejected with 413.
     max_body_bytes: int = Field(default=16_384, gt=0)
 
+    # Time budget of one POST /score request from its arrival, in milliseconds.
+    # The feature lookup may use the budget less a quarter, which is kept for the
+    # idempotency record and the response.
+    request_deadline_ms: float = Field(default=10.0, gt=0)
     # Maximum seconds for the Redis round trip before the scorer falls back to
     # PostgreSQL. Covers connecting as well.
-    redis_timeout_seconds: float = Field(default=0.05, gt=0)
-    # Maximum seconds for a PostgreSQL fallback query, including the wait for a
-    # pooled connection, before the scorer uses default features.
+    redis_timeout_seconds: float = Field(default=0.005, gt=0)
+    # Maximum seconds of any PostgreSQL query, outside requests too (readiness,
+    # labels, API keys). Within a request the deadline may cut it shorter.
     pg_timeout_seconds: float = Field(default=0.2, gt=0)
     pg_pool_min_size: int = Field(default=1, ge=0)
     pg_pool_max_size: int = Field(default=4, ge=1)
+
+    # How long Redis keeps a decision for idempotent replays and label lookups.
+    idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
+    # Decisions waiting for their durable copy in PostgreSQL; more are dropped
+    # from that copy (and counted), never from the response or Kafka.
+    decision_buffer_rows: int = Field(default=100_000, gt=0)
+
+    # Messages that the Kafka producer holds while the broker is unreachable.
+    # Further messages are dropped, counted and logged.
+    kafka_buffer_messages: int = Field(default=100_000, gt=0)
+    # Seconds to wait at shutdown for the Kafka backlog, and again for the
+    # decisions not yet written to PostgreSQL.
+    flush_timeout_seconds: float = Field(default=10.0, ge=0)
+
+    # Requests to /score and /labels need a valid X-API-Key header.
+    require_api_key: bool = True
+    # Seconds between reloads of the API keys from PostgreSQL, so a revoked key
+    # is rejected within this interval.
+    api_key_refresh_seconds: float = Field(default=5.0, gt=0)
 
     # Key of the HMAC that replaces customer and terminal ids in logs. Without
     # it, a random key is drawn at start-up, so hashes match only within one
     # process.
     log_hash_key: SecretStr | None = None
+    # Folder of prometheus_client's multiprocess files when workers > 1. None
+    # uses a fresh temporary folder.
+    metrics_dir: Path | None = None
+
+    # Adds POST /noop, which reads the body and returns {}: a yardstick of the
+    # framework's own cost in benchmarks. Off in production.
+    noop_route: bool = False
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> ScorerSettings:
+        review, block = self.review_threshold, self.block_threshold
+        if review is not None and block is not None and review > block:
+            raise ValueError(
+                f"FRAUD_REVIEW_THRESHOLD ({review}) must not exceed "
+                f"FRAUD_BLOCK_THRESHOLD ({block})"
+            )
+        return self

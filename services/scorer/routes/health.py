@@ -22,11 +22,19 @@ async def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
 async def readyz(runtime: RuntimeDep, response: Response) -> ReadyOut:
-    """Report whether a model is loaded and at least one feature store responds."""
+    """Report whether a model and the API keys are loaded and a store responds."""
     model = runtime.model
     if model is None:
         response.status_code = 503
         return ReadyOut(status="not_ready", reason="no model is loaded yet.")
+
+    if runtime.settings.require_api_key and not runtime.api_keys.loaded:
+        response.status_code = 503
+        return ReadyOut(
+            status="not_ready",
+            model_version=model.version,
+            reason="the API keys are not loaded yet.",
+        )
 
     store = await responding_store(runtime)
     if store is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.scorer.metrics import exposition_registry
 from services.scorer.runtime import RuntimeDep
 
 router = APIRouter(tags=["metrics"])
@@ -14,5 +15,6 @@ router = APIRouter(tags=["metrics"])
 async def metrics(runtime: RuntimeDep) -> Response:
     """Return the scorer's metrics in the Prometheus text format."""
     return Response(
-        generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        generate_latest(exposition_registry(runtime.metrics.registry)),
+        media_type=CONTENT_TYPE_LATEST,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -10,8 +11,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from fraudcore.schema import TransactionRecord, describe_validation_error
+from services.scorer.auth import API_KEY_HEADER
 from services.scorer.errors import InvalidRequest, RequestTooLarge
-from services.scorer.runtime import RuntimeDep
+from services.scorer.runtime import Runtime, RuntimeDep
 from services.scorer.schemas import ErrorOut, ScoreOut
 from services.scorer.scoring import score_transaction
 
@@ -60,17 +62,27 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_transaction(body: bytes) -> TransactionRecord:
-    """Parse and validate a JSON transaction.
+def authenticate(request: Request, runtime: Runtime) -> None:
+    """Check the request's API key when the settings require one.
 
     Raises:
-        InvalidRequest: with a one-sentence reason when the body is not a valid
-            transaction.
+        AuthenticationFailed: if the key is missing or unknown.
+        RevokedApiKey: if the key has been revoked.
+        ApiKeysUnavailable: if the keys have not been loaded yet.
+    """
+    if runtime.settings.require_api_key:
+        runtime.api_keys.check(request.headers.get(API_KEY_HEADER))
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a JSON object, rejecting NaN and Infinity.
+
+    Raises:
+        InvalidRequest: with a one-sentence reason when the body is not a JSON
+            object.
     """
     if not body.strip():
-        raise InvalidRequest(
-            "request body is empty, but a JSON object with the transaction is required."
-        )
+        raise InvalidRequest("request body is empty, but a JSON object is required.")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -78,6 +90,17 @@ def parse_transaction(body: bytes) -> TransactionRecord:
     if not isinstance(payload, dict):
         kind = JSON_TYPE_NAMES.get(type(payload), type(payload).__name__)
         raise InvalidRequest(f"request body must be a JSON object, got {kind}.")
+    return payload
+
+
+def parse_transaction(body: bytes) -> TransactionRecord:
+    """Parse and validate a JSON transaction.
+
+    Raises:
+        InvalidRequest: with a one-sentence reason when the body is not a valid
+            transaction.
+    """
+    payload = parse_json_object(body)
     try:
         return TransactionRecord.model_validate(payload)
     except ValidationError as exc:
@@ -99,6 +122,9 @@ def _describe_json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
     "/score",
     response_model=ScoreOut,
     responses={
+        401: {"model": ErrorOut},
+        403: {"model": ErrorOut},
+        409: {"model": ErrorOut},
         413: {"model": ErrorOut},
         422: {"model": ErrorOut},
         503: {"model": ErrorOut},
@@ -108,12 +134,12 @@ def _describe_json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
 async def score(request: Request, runtime: RuntimeDep) -> Response:
     """Score one transaction and return its fraud probability and decision."""
     started = time.perf_counter()
+    arrived = asyncio.get_running_loop().time()
     try:
+        authenticate(request, runtime)
         body = await read_body(request, runtime.settings.max_body_bytes)
         record = parse_transaction(body)
-        result = await score_transaction(runtime, record)
+        result = await score_transaction(runtime, record, arrived)
     finally:
         runtime.metrics.request_duration.observe(time.perf_counter() - started)
-    return Response(
-        result.model_dump_json(exclude_none=True), media_type="application/json"
-    )
+    return Response(result, media_type="application/json")

@@ -31,7 +31,8 @@ from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
 from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
-from fraudcore.registry import REGISTRY_SCHEMA
+from fraudcore.decisions import DECISIONS_SCHEMA
+from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
 from fraudcore.store import (
     PG_SCHEMA,
     customer_key,
@@ -41,8 +42,10 @@ from fraudcore.store import (
 )
 from services.scorer.app import create_app
 from services.scorer.model import ScoringModel, open_model
+from services.scorer.registry import ServedModel
 from services.scorer.runtime import Runtime
 from services.scorer.settings import ScorerSettings
+from training.model import ModelConfig, to_onnx
 
 SERVER_START_TIMEOUT_SECONDS = 20.0
 TEST_THRESHOLD = 0.5
@@ -62,6 +65,34 @@ def train_onnx_model(zipmap: bool = False, width: int = len(MODEL_INPUTS)) -> by
     return bytes(exported.SerializeToString())
 
 
+@dataclass(frozen=True)
+class ExplainedModel:
+    """ONNX bytes exported as the training job exports, and the LightGBM text."""
+
+    onnx: bytes
+    lightgbm_text: str
+
+
+def train_explained_model(seed: int = 7) -> ExplainedModel:
+    """Train a small monotone LightGBM model and export it like the training job."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(800, len(MODEL_INPUTS))).astype(np.float32)
+    features[:, 0] = rng.uniform(0, 400, size=800)
+    noise = rng.normal(size=800)
+    labels = (features[:, 0] / 100 + features[:, 10] + noise > 3.0).astype(np.int64)
+    params = ModelConfig(n_estimators=30, num_leaves=7, min_child_samples=10, seed=seed)
+    classifier = lightgbm.LGBMClassifier(**params.lightgbm_params())
+    classifier.fit(features, labels)
+    exported = to_onnx(classifier).SerializeToString()
+    return ExplainedModel(exported, classifier.booster_.model_to_string())
+
+
+@pytest.fixture(scope="session")
+def explained_model() -> ExplainedModel:
+    """A model with its LightGBM text, for reasons."""
+    return train_explained_model()
+
+
 @pytest.fixture(scope="session")
 def onnx_artifact() -> bytes:
     """ONNX bytes of a LightGBM model over ``MODEL_INPUTS``, with zipmap=False."""
@@ -72,6 +103,12 @@ def onnx_artifact() -> bytes:
 def scoring_model(onnx_artifact: bytes) -> ScoringModel:
     """The test model, opened as the scorer opens registered models."""
     return open_model(onnx_artifact, "test-model", TEST_THRESHOLD)
+
+
+@pytest.fixture(scope="session")
+def served_model(scoring_model: ScoringModel) -> ServedModel:
+    """The test model without rules or explainer, as the runtime serves it."""
+    return ServedModel(scoring_model, None, (), None)
 
 
 def closed_port() -> int:
@@ -87,6 +124,9 @@ def offline_settings(tmp_path: Path) -> ScorerSettings:
     return ScorerSettings(
         redis_url=f"redis://127.0.0.1:{closed_port()}/0",
         pg_dsn=f"postgresql://fraud:fraud@127.0.0.1:{closed_port()}/fraud",
+        kafka_bootstrap=f"127.0.0.1:{closed_port()}",
+        flush_timeout_seconds=0.0,
+        require_api_key=False,
         model_dir=tmp_path,
         model_retry_seconds=60.0,
         log_hash_key=SecretStr("test-key"),
@@ -160,11 +200,11 @@ def run_scorer() -> Iterator[Callable[[ScorerSettings], ServedScorer]]:
 def offline_scorer(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     offline_settings: ScorerSettings,
-    scoring_model: ScoringModel,
+    served_model: ServedModel,
 ) -> ServedScorer:
     """A scorer with both stores unreachable and the test model installed."""
     served = run_scorer(offline_settings)
-    served.runtime.model = scoring_model
+    served.runtime.install(served_model)
     return served
 
 
@@ -177,6 +217,8 @@ def store_dsn(pg_dsn: str) -> str:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(PG_SCHEMA)
         conn.execute(REGISTRY_SCHEMA)
+        conn.execute(REGISTRY_DECISION_COLUMNS)
+        conn.execute(DECISIONS_SCHEMA)
     return pg_dsn
 
 
@@ -200,23 +242,33 @@ def register_model(
     sha256: str | None = None,
     feature_names: list[str] | None = None,
     created_offset: str = "0 seconds",
+    lightgbm_text: str | None = None,
+    review_threshold: float | None = None,
+    rules: list[dict[str, object]] | None = None,
 ) -> RegisteredModel:
     """Write ``artifact`` to ``model_dir`` and insert its registry row.
 
     ``created_offset`` is a PostgreSQL interval added to now() for ``created_at``.
+    With ``lightgbm_text``, the artifact goes to ``<version>/model.onnx`` with
+    ``lightgbm.txt`` beside it, as the training job writes them.
     """
     version = version or f"test-{uuid.uuid4().hex[:10]}"
     path = model_dir / f"{version}.onnx"
+    if lightgbm_text is not None:
+        (model_dir / version).mkdir()
+        path = model_dir / version / "model.onnx"
+        (model_dir / version / "lightgbm.txt").write_text(lightgbm_text)
     path.write_bytes(artifact)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO model_registry (version, created_at, artifact_path, "
-            "artifact_sha256, feature_names, metrics, threshold, stage) "
-            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s)",
+            "artifact_sha256, feature_names, metrics, threshold, stage, "
+            "review_threshold, rules) "
+            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 version,
                 created_offset,
-                path.name,
+                str(path.relative_to(model_dir)),
                 sha256 or hashlib.sha256(artifact).hexdigest(),
                 Jsonb(
                     feature_names if feature_names is not None else list(MODEL_INPUTS)
@@ -224,6 +276,8 @@ def register_model(
                 Jsonb({"test": True}),
                 threshold,
                 stage,
+                review_threshold,
+                None if rules is None else Jsonb(rules),
             ),
         )
     return RegisteredModel(version, model_dir, artifact)
@@ -312,6 +366,10 @@ def stores(redis_url: str, store_dsn: str) -> Iterator[SeededStores]:
         conn.execute(
             "DELETE FROM terminal_labels WHERE terminal_id = %s", (seeded.terminal_id,)
         )
+        conn.execute(
+            "DELETE FROM scored_transactions WHERE customer_id = %s",
+            (seeded.customer_id,),
+        )
 
 
 @pytest.fixture
@@ -323,6 +381,13 @@ def live_settings(
         redis_url=redis_url,
         pg_dsn=stores.dsn,
         redis_prefix=stores.prefix,
+        kafka_bootstrap=f"127.0.0.1:{closed_port()}",
+        flush_timeout_seconds=0.0,
+        require_api_key=False,
+        # Budgets far above the defaults, because the test machine may be busy
+        # and a timeout would change the feature source.
+        redis_timeout_seconds=0.5,
+        request_deadline_ms=2000.0,
         model_dir=registered_model.model_dir,
         model_version=registered_model.version,
         return_features=True,

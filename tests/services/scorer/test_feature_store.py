@@ -24,7 +24,7 @@ from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.feature_store import HistoryLookup, HistoryQuery
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.model import ScoringModel
+from services.scorer.registry import ServedModel
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import SeededStores, ServedScorer, closed_port
 
@@ -114,8 +114,8 @@ def test_redis_timeout_falls_through_to_default(silent_port: int) -> None:
         try:
             histories = HistoryLookup(redis, pool, "p", 0.05, 0.1, metrics)
             started = time.perf_counter()
-            _, source = await histories.fetch(HistoryQuery("c", "t", 0, EVENT_MS))
-            return source, time.perf_counter() - started
+            lookup = await histories.fetch(HistoryQuery("c", "t", 0, EVENT_MS))
+            return lookup.source, time.perf_counter() - started
         finally:
             await redis.aclose()
             await pool.close()
@@ -216,11 +216,11 @@ def test_redis_miss_and_postgres_down_uses_default(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     live_settings: ScorerSettings,
     stores: SeededStores,
-    scoring_model: ScoringModel,
+    served_model: ServedModel,
 ) -> None:
     closed = f"postgresql://fraud:fraud@127.0.0.1:{closed_port()}/fraud"
     served = run_scorer(live_settings.model_copy(update={"pg_dsn": closed}))
-    served.runtime.model = scoring_model
+    served.runtime.install(served_model)
 
     payload = served.score(request_body(stores)).json()
     ready = served.client.get("/readyz")

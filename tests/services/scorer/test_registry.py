@@ -71,11 +71,14 @@ def test_load_pinned_version(
     pinned = register_model(store_dsn, tmp_path, onnx_artifact, threshold=0.37)
     registered_versions.append(pinned.version)
 
-    model = asyncio.run(load_registered_model(store_dsn, pinned.version, tmp_path))
+    served = asyncio.run(load_registered_model(store_dsn, pinned.version, tmp_path))
 
-    assert model.version == pinned.version
-    assert model.threshold == 0.37
-    assert model.output_name == "probabilities"
+    assert served.version == pinned.version
+    assert served.model.threshold == 0.37
+    assert served.model.output_name == "probabilities"
+    assert served.review_threshold is None
+    assert served.rules == ()
+    assert served.explainer is None
 
 
 @pytest.mark.integration

@@ -14,6 +14,7 @@ import pytest
 from fraudcore.features import MODEL_INPUTS, transaction_features
 from fraudcore.schema import TransactionRecord
 from services.scorer.model import ScoringModel
+from services.scorer.registry import ServedModel
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import ServedScorer
 
@@ -30,6 +31,11 @@ RESPONSE_FIELDS = {
     "decision",
     "model_version",
     "feature_source",
+    "degraded",
+    "feature_age_ms",
+    "rules",
+    "reasons",
+    "decided_at",
 }
 
 
@@ -116,8 +122,10 @@ def test_score_returns_contract_fields(offline_scorer: ServedScorer) -> None:
     assert set(payload) == RESPONSE_FIELDS
     assert payload["transaction_id"] == "4242"
     assert 0.0 <= payload["probability"] <= 1.0
-    assert payload["decision"] in {"allow", "block"}
+    assert payload["decision"] in {"allow", "review", "block"}
     assert payload["model_version"] == "test-model"
+    assert payload["degraded"] is True
+    assert payload["feature_age_ms"] is None
 
 
 def test_score_accepts_user_and_merchant_aliases(
@@ -130,7 +138,9 @@ def test_score_accepts_user_and_merchant_aliases(
     canonical = offline_scorer.score(VALID)
 
     assert aliased.status_code == 200
-    assert aliased.json() == canonical.json()
+    assert aliased.json() | {"decided_at": None} == canonical.json() | {
+        "decided_at": None
+    }
 
 
 def test_score_accepts_integer_ids(offline_scorer: ServedScorer) -> None:
@@ -147,7 +157,7 @@ def test_default_features_when_stores_down(
 ) -> None:
     settings = offline_settings.model_copy(update={"return_features": True})
     served = run_scorer(settings)
-    served.runtime.model = scoring_model
+    served.runtime.install(ServedModel(scoring_model, None, (), None))
     record = TransactionRecord.model_validate(VALID)
     expected = transaction_features(
         record.event_ms, record.transaction_id, record.amount, [], []
@@ -178,9 +188,15 @@ def test_threshold_setting_overrides_model(
     threshold: float,
     decision: str,
 ) -> None:
-    settings = offline_settings.model_copy(update={"block_threshold": threshold})
+    settings = offline_settings.model_copy(
+        update={
+            "block_threshold": threshold,
+            "review_threshold": threshold,
+            "degraded_decision": "allow",
+        }
+    )
     served = run_scorer(settings)
-    served.runtime.model = scoring_model
+    served.runtime.install(ServedModel(scoring_model, None, (), None))
 
     payload = served.score(VALID).json()
 
@@ -213,7 +229,8 @@ class ExplodingModel:
 def test_internal_error_hides_exception_text(
     offline_scorer: ServedScorer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    offline_scorer.runtime.model = ExplodingModel()  # type: ignore[assignment]
+    exploding = ServedModel(ExplodingModel(), None, (), None)  # type: ignore[arg-type]
+    offline_scorer.runtime.install(exploding)
     caplog.set_level(logging.CRITICAL, logger="uvicorn.error")
 
     response = offline_scorer.score(VALID)
@@ -235,7 +252,7 @@ def test_decision_log_hashes_ids(
     entry = json.loads(lines[0])
     assert entry["event"] == "score_decision"
     assert entry["transaction_id"] == "4242"
-    assert entry["decision"] in {"allow", "block"}
+    assert entry["decision"] in {"allow", "review", "block"}
     assert entry["feature_source"] == "default"
     assert entry["customer"] == offline_scorer.runtime.decision_log.pseudonym("c-17")
     for raw in ("c-17", "t-3", "phone-77"):

@@ -1,0 +1,164 @@
+"""Reasons for review and block decisions: tree SHAP contributions from LightGBM.
+
+The training job saves the LightGBM text model as ``lightgbm.txt`` beside the
+ONNX file that it registers. The registry's sha256 covers only the ONNX file,
+so the text model is accepted as the same model only after two checks:
+
+* it lies in the folder of the ONNX file whose sha256 matched the registry, and
+* on probe rows that put every input on both sides of each of its split
+  thresholds, its fraud probability equals the verified ONNX model's within
+  ``PARITY_TOLERANCE``.
+
+A text model from another training run fails the second check, because its
+trees differ. LightGBM's ``predict(..., pred_contrib=True)`` then gives each
+input's contribution to the log-odds (tree SHAP), and the reasons are the
+inputs with the largest positive contributions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+
+from fraudcore.features import MODEL_INPUTS
+from services.scorer.errors import ModelLoadError
+from services.scorer.model import ScoringModel
+from services.scorer.schemas import Reason
+
+logger = logging.getLogger(__name__)
+
+LIGHTGBM_FILE = "lightgbm.txt"
+# The training job accepts an ONNX export that differs from LightGBM by up to
+# 1e-5 in probability, so the same tolerance applies here.
+PARITY_TOLERANCE = 1e-5
+PROBE_ROWS = 2048
+PROBE_SEED = 0
+REASON_COUNT = 3
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """The LightGBM text model of a served version, checked against its ONNX."""
+
+    booster: lgb.Booster
+
+    def reasons(
+        self, features: Mapping[str, float], count: int = REASON_COUNT
+    ) -> list[Reason]:
+        """Return up to ``count`` inputs with the largest positive contributions.
+
+        ``features`` must be in ``MODEL_INPUTS`` order. Inputs that lowered the
+        score are never reasons, so fewer than ``count`` may come back.
+        """
+        values = list(features.values())
+        row = np.asarray([values], dtype=np.float32)
+        contributions = self.booster.predict(row, pred_contrib=True, num_threads=1)
+        # The last column is the expected value (bias), not an input.
+        per_input = np.asarray(contributions)[0, : len(MODEL_INPUTS)]
+        ranked = np.argsort(-per_input, kind="stable")[:count]
+        return [
+            Reason(
+                feature=MODEL_INPUTS[i],
+                value=values[i],
+                contribution=float(per_input[i]),
+            )
+            for i in ranked
+            if per_input[i] > 0.0
+        ]
+
+
+def load_explainer(artifact: Path, model: ScoringModel) -> Explainer | None:
+    """Load and check the text model beside the verified ONNX ``artifact``.
+
+    Returns:
+        The explainer, or None when the folder has no ``lightgbm.txt``; review
+        and block decisions then come without reasons.
+
+    Raises:
+        ModelLoadError: if the text model cannot be read, has other inputs, or
+            does not predict what the ONNX model predicts.
+    """
+    path = artifact.parent / LIGHTGBM_FILE
+    if not path.exists():
+        logger.warning(
+            "model %s has no %s beside its ONNX file; review and block decisions "
+            "will carry no reasons",
+            model.version,
+            LIGHTGBM_FILE,
+        )
+        return None
+    try:
+        booster = lgb.Booster(model_file=str(path))
+    except lgb.basic.LightGBMError as exc:
+        raise ModelLoadError(
+            f"reading {path} of model {model.version!r} failed: {exc}"
+        ) from exc
+    check_same_model(booster, model, path)
+    return Explainer(booster)
+
+
+def check_same_model(booster: lgb.Booster, model: ScoringModel, path: Path) -> None:
+    """Raise ModelLoadError unless ``booster`` predicts what ``model`` predicts."""
+    if booster.num_feature() != len(MODEL_INPUTS):
+        raise ModelLoadError(
+            f"{path} has {booster.num_feature()} inputs, but model "
+            f"{model.version!r} takes {len(MODEL_INPUTS)}"
+        )
+    rows = probe_rows(booster)
+    expected = model.predict_rows(rows)
+    actual = np.asarray(booster.predict(rows, num_threads=1), dtype=np.float64)
+    difference = float(np.abs(actual - expected).max())
+    if difference > PARITY_TOLERANCE:
+        raise ModelLoadError(
+            f"{path} is not the model of ONNX version {model.version!r}: their "
+            f"fraud probabilities differ by up to {difference:.3g} on probe rows, "
+            f"more than {PARITY_TOLERANCE:g}"
+        )
+    logger.info(
+        "text model of %s matches its ONNX on %d probe rows (max abs diff %.3g)",
+        model.version,
+        len(rows),
+        difference,
+    )
+
+
+def probe_rows(
+    booster: lgb.Booster, count: int = PROBE_ROWS, seed: int = PROBE_SEED
+) -> npt.NDArray[np.float32]:
+    """Build rows whose inputs sit just below or above the booster's thresholds.
+
+    Each input takes a random value from its split thresholds (as float32, which
+    goes left), the next float32 above each (which goes right), and 0.
+    """
+    candidates: list[list[float]] = [[0.0] for _ in MODEL_INPUTS]
+    for feature, threshold in split_thresholds(booster):
+        below = np.float32(threshold)
+        if float(below) > threshold:
+            below = np.nextafter(below, np.float32(-np.inf))
+        above = np.nextafter(below, np.float32(np.inf))
+        candidates[feature] += [float(below), float(above)]
+    rng = np.random.default_rng(seed)
+    columns = [rng.choice(np.asarray(values), size=count) for values in candidates]
+    return np.column_stack(columns).astype(np.float32)
+
+
+def split_thresholds(booster: lgb.Booster) -> Iterator[tuple[int, float]]:
+    """Yield ``(feature index, threshold)`` of every numerical split."""
+    for tree in booster.dump_model()["tree_info"]:
+        yield from _node_thresholds(tree["tree_structure"])
+
+
+def _node_thresholds(node: dict[str, Any]) -> Iterator[tuple[int, float]]:
+    if "split_feature" not in node:
+        return
+    if node.get("decision_type") == "<=":
+        yield int(node["split_feature"]), float(node["threshold"])
+    yield from _node_thresholds(node["left_child"])
+    yield from _node_thresholds(node["right_child"])

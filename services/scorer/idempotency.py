@@ -1,0 +1,349 @@
+"""Stored decisions: idempotent replays of ``POST /score`` and label lookups.
+
+The first request that stores a decision for a transaction id wins. Its
+decision goes out to Kafka and the decision log; any later request with that id
+gets the stored response back if its body is the same, and 409 if not.
+
+Redis is the synchronous store: ``SET NX EX`` claims an id atomically across
+workers in one round trip of about 0.1 ms, and the read of a stored decision
+rides in the feature lookup's round trip. PostgreSQL keeps the durable copy in
+``scored_transactions``. A background task writes it in batches, off the
+request path, because a synchronous insert would add a round trip and a WAL
+write to every request. When Redis does not respond, the claim is an
+``INSERT ... ON CONFLICT DO NOTHING`` in PostgreSQL instead.
+
+Limits: a replay is recognised for ``idempotency_ttl_seconds`` after the first
+request, as long as Redis keeps its data or PostgreSQL has the claim. A replay
+after that wins again, and its events go out twice; its durable row is then
+counted as ``duplicate``. When neither store responds, the request is scored
+without a claim, and counted as ``idempotency_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from fraudcore.schema import TransactionRecord, encode
+from services.scorer.feature_store import PG_FAILURES, REDIS_FAILURES
+from services.scorer.logs import ThrottledWarning
+from services.scorer.metrics import ScorerMetrics
+
+logger = logging.getLogger(__name__)
+
+# A claim made after the request's deadline still gets this long, because
+# skipping it would give up idempotency.
+MIN_CLAIM_SECONDS = 0.002
+WRITER_BATCH_ROWS = 500
+WRITER_INTERVAL_SECONDS = 0.05
+WRITER_RETRY_SECONDS = 1.0
+
+INSERT_ONE_SQL = """
+INSERT INTO scored_transactions (transaction_id, request_sha256, customer_id,
+    terminal_id, transaction_ms, model_version, probability, decision, response,
+    decided_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz)
+ON CONFLICT (transaction_id) DO NOTHING
+RETURNING transaction_id
+"""
+INSERT_BATCH_SQL = """
+INSERT INTO scored_transactions (transaction_id, request_sha256, customer_id,
+    terminal_id, transaction_ms, model_version, probability, decision, response,
+    decided_at)
+SELECT id, digest, customer, terminal, ms, version, probability, decision,
+    response::json, decided_at::timestamptz
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],
+    %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[])
+    AS t(id, digest, customer, terminal, ms, version, probability, decision,
+         response, decided_at)
+ON CONFLICT (transaction_id) DO NOTHING
+"""
+SELECT_SQL = """
+SELECT transaction_id, request_sha256, customer_id, terminal_id, transaction_ms,
+    model_version, probability, decision, response::text,
+    to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+FROM scored_transactions WHERE transaction_id = %s
+"""
+
+
+def request_digest(record: TransactionRecord) -> str:
+    """Return the sha256 of the record's canonical JSON.
+
+    Aliases, integer ids and key order do not change it, so a retry that spells
+    the same transaction differently is still the same request.
+    """
+    return hashlib.sha256(encode(record)).hexdigest()
+
+
+def decision_key(prefix: str, transaction_id: str) -> str:
+    """Return the Redis key of a transaction's stored decision."""
+    return f"{prefix}:decision:{transaction_id}"
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """A decision as stored: the response bytes and what a label needs."""
+
+    transaction_id: str
+    request_sha256: str
+    customer_id: str
+    terminal_id: str
+    transaction_ms: int
+    model_version: str
+    probability: float
+    decision: str
+    response: bytes
+    decided_at: str
+
+    def to_redis(self) -> bytes:
+        """Encode for Redis; the response is embedded as JSON, not as a string."""
+        fields = self._row()
+        fields["response"] = orjson.Fragment(self.response)
+        return orjson.dumps(fields)
+
+    @classmethod
+    def from_redis(cls, raw: bytes) -> StoredDecision:
+        """Decode a value written by :meth:`to_redis`."""
+        fields = orjson.loads(raw)
+        fields["response"] = orjson.dumps(fields["response"])
+        return cls(**fields)
+
+    def row(self) -> tuple[Any, ...]:
+        """Return the ``scored_transactions`` columns in table order."""
+        fields = self._row()
+        fields["response"] = self.response.decode()
+        return tuple(fields.values())
+
+    def _row(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "request_sha256": self.request_sha256,
+            "customer_id": self.customer_id,
+            "terminal_id": self.terminal_id,
+            "transaction_ms": self.transaction_ms,
+            "model_version": self.model_version,
+            "probability": self.probability,
+            "decision": self.decision,
+            "response": self.response,
+            "decided_at": self.decided_at,
+        }
+
+
+class ClaimUnavailable(Exception):
+    """Neither Redis nor PostgreSQL took the claim."""
+
+
+class DecisionStore:
+    """Claims transaction ids and finds stored decisions in Redis and PostgreSQL."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        pg_pool: AsyncConnectionPool,
+        writer: DecisionWriter,
+        *,
+        prefix: str,
+        ttl_seconds: int,
+        redis_timeout_seconds: float,
+        pg_timeout_seconds: float,
+    ) -> None:
+        self._redis = redis
+        self._pg_pool = pg_pool
+        self._writer = writer
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+        self._redis_timeout = redis_timeout_seconds
+        self._pg_timeout = pg_timeout_seconds
+        self._warning = ThrottledWarning(logger)
+
+    def key(self, transaction_id: str) -> str:
+        """Return the Redis key of ``transaction_id``'s stored decision."""
+        return decision_key(self._prefix, transaction_id)
+
+    async def claim(
+        self, decision: StoredDecision, budget: float, try_redis: bool = True
+    ) -> StoredDecision | None:
+        """Store ``decision`` unless one is stored for its transaction id.
+
+        Args:
+            decision: The new decision.
+            budget: Seconds left in the request; at least ``MIN_CLAIM_SECONDS``
+                are used.
+            try_redis: False skips Redis, which already failed in this request.
+
+        Returns:
+            None when ``decision`` was stored, else the decision stored before.
+
+        Raises:
+            ClaimUnavailable: if neither store responded.
+        """
+        budget = max(budget, MIN_CLAIM_SECONDS)
+        if try_redis:
+            try:
+                async with asyncio.timeout(min(budget, self._redis_timeout)):
+                    return await self._claim_redis(decision)
+            except REDIS_FAILURES as exc:
+                self._warning.warn("redis claim failed, using postgresql: %r", exc)
+        try:
+            async with asyncio.timeout(min(budget, self._pg_timeout)):
+                return await self._claim_postgres(decision)
+        except PG_FAILURES as exc:
+            self._warning.warn("postgresql claim failed: %r", exc)
+            raise ClaimUnavailable from exc
+
+    async def _claim_redis(self, decision: StoredDecision) -> StoredDecision | None:
+        key = self.key(decision.transaction_id)
+        stored = await self._redis.set(key, decision.to_redis(), nx=True, ex=self._ttl)
+        if stored:
+            self._writer.add(decision)
+            return None
+        existing = await self._redis.get(key)
+        if existing is None:
+            # The key expired between SET and GET: store again.
+            return await self._claim_redis(decision)
+        return StoredDecision.from_redis(existing)
+
+    async def _claim_postgres(self, decision: StoredDecision) -> StoredDecision | None:
+        async with self._pg_pool.connection(timeout=self._pg_timeout) as conn:
+            cursor = await conn.execute(INSERT_ONE_SQL, decision.row())
+            if await cursor.fetchone() is not None:
+                return None
+            found = await _select(conn, decision.transaction_id)
+        if found is None:
+            raise ClaimUnavailable("the conflicting row disappeared")
+        return found
+
+    async def find(self, transaction_id: str) -> StoredDecision | None:
+        """Find a stored decision in Redis, the writer's buffer, then PostgreSQL.
+
+        Raises:
+            ClaimUnavailable: if Redis and PostgreSQL both failed, so the
+                transaction may exist.
+        """
+        try:
+            async with asyncio.timeout(self._redis_timeout):
+                raw = await self._redis.get(self.key(transaction_id))
+            if raw is not None:
+                return StoredDecision.from_redis(raw)
+        except REDIS_FAILURES as exc:
+            self._warning.warn("redis lookup of a decision failed: %r", exc)
+        pending = self._writer.pending(transaction_id)
+        if pending is not None:
+            return pending
+        try:
+            async with asyncio.timeout(self._pg_timeout):
+                async with self._pg_pool.connection(timeout=self._pg_timeout) as conn:
+                    return await _select(conn, transaction_id)
+        except PG_FAILURES as exc:
+            self._warning.warn("postgresql lookup of a decision failed: %r", exc)
+            raise ClaimUnavailable from exc
+
+
+async def _select(conn: Any, transaction_id: str) -> StoredDecision | None:
+    cursor = await conn.execute(SELECT_SQL, (transaction_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    *head, response, decided_at = row
+    return StoredDecision(*head, response.encode(), decided_at)
+
+
+class DecisionWriter:
+    """Writes decisions to ``scored_transactions`` in batches, in the background.
+
+    At most ``max_rows`` wait; a decision beyond that is dropped from the
+    durable copy, counted and logged. While PostgreSQL is down the rows wait and
+    the batch is retried every ``WRITER_RETRY_SECONDS``.
+    """
+
+    def __init__(
+        self, pg_pool: AsyncConnectionPool, max_rows: int, metrics: ScorerMetrics
+    ) -> None:
+        self._pg_pool = pg_pool
+        self._max_rows = max_rows
+        self._metrics = metrics
+        self._rows: OrderedDict[str, StoredDecision] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._warning = ThrottledWarning(logger)
+
+    def add(self, decision: StoredDecision) -> None:
+        """Queue a decision for writing, or drop it when the buffer is full."""
+        if len(self._rows) >= self._max_rows:
+            self._metrics.decision_rows.labels(outcome="dropped").inc()
+            self._warning.warn(
+                "decision buffer full (%d rows); dropped the durable copy of a "
+                "decision",
+                self._max_rows,
+            )
+            return
+        self._rows[decision.transaction_id] = decision
+        self._wake.set()
+
+    def pending(self, transaction_id: str) -> StoredDecision | None:
+        """Return a decision that is queued but not written yet."""
+        return self._rows.get(transaction_id)
+
+    def backlog(self) -> int:
+        """Return the number of decisions waiting to be written."""
+        return len(self._rows)
+
+    async def run(self) -> None:
+        """Write queued decisions until cancelled."""
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(WRITER_INTERVAL_SECONDS)
+            if not await self.flush_batch():
+                await asyncio.sleep(WRITER_RETRY_SECONDS)
+            if not self._rows:
+                self._wake.clear()
+
+    async def flush_batch(self) -> bool:
+        """Write up to ``WRITER_BATCH_ROWS`` decisions; return whether it worked."""
+        batch = list(self._rows.values())[:WRITER_BATCH_ROWS]
+        if not batch:
+            return True
+        columns = list(zip(*(decision.row() for decision in batch), strict=True))
+        try:
+            async with self._pg_pool.connection() as conn:
+                cursor = await conn.execute(
+                    INSERT_BATCH_SQL, [list(c) for c in columns]
+                )
+        except PG_FAILURES as exc:
+            self._warning.warn(
+                "writing %d decisions to postgresql failed, retrying: %r",
+                len(self._rows),
+                exc,
+            )
+            return False
+        for decision in batch:
+            self._rows.pop(decision.transaction_id, None)
+        written = max(cursor.rowcount, 0)
+        self._metrics.decision_rows.labels(outcome="written").inc(written)
+        if written < len(batch):
+            self._metrics.decision_rows.labels(outcome="duplicate").inc(
+                len(batch) - written
+            )
+        return True
+
+    async def drain(self, timeout_seconds: float) -> int:
+        """Write what is queued, for up to ``timeout_seconds``; return what is left."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                while self._rows and await self.flush_batch():
+                    pass
+        except TimeoutError:
+            pass
+        if self._rows:
+            logger.error(
+                "%d decisions were not written to postgresql before shutdown",
+                len(self._rows),
+            )
+        return len(self._rows)
