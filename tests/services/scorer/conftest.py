@@ -9,12 +9,14 @@ wrote.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,8 @@ from onnxmltools.convert.common.data_types import FloatTensorType
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
 from fraudcore.decisions import DECISIONS_SCHEMA
+from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
 from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
 from fraudcore.store import (
     PG_SCHEMA,
@@ -393,3 +395,223 @@ def live_settings(
         return_features=True,
         log_hash_key=SecretStr("test-key"),
     )
+
+
+# --- Kafka, private servers and keys -----------------------------------------
+
+
+@dataclass(frozen=True)
+class TestTopics:
+    """Topics of one test module on the shared broker, deleted after it."""
+
+    bootstrap: str
+    transactions: str
+    decisions: str
+    labels: str
+
+    def settings_update(self) -> dict[str, object]:
+        """Return the ScorerSettings fields that point the scorer at these topics."""
+        return {
+            "kafka_bootstrap": self.bootstrap,
+            "transactions_topic": self.transactions,
+            "decisions_topic": self.decisions,
+            "labels_topic": self.labels,
+        }
+
+
+@pytest.fixture(scope="module")
+def kafka_topics(kafka_bootstrap: str) -> Iterator[TestTopics]:
+    """Fresh topics on the shared broker, so no test reads another's events."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"scorer-test-{uuid.uuid4().hex[:10]}"
+    topics = TestTopics(
+        kafka_bootstrap,
+        f"{prefix}-transactions",
+        f"{prefix}-decisions",
+        f"{prefix}-labels",
+    )
+    names = [topics.transactions, topics.decisions, topics.labels]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
+        future.result(timeout=30)
+    yield topics
+    for future in admin.delete_topics(names).values():
+        future.result(timeout=30)
+
+
+def consume(
+    bootstrap: str, topic: str, expected: int, timeout_seconds: float = 30.0
+) -> list[tuple[bytes, bytes, int]]:
+    """Read ``(key, value, timestamp_ms)`` from the start of ``topic``.
+
+    Stops once ``expected`` messages arrived and no more came within a second,
+    or when the timeout runs out, so a duplicate after the expected count shows.
+    """
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"scorer-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[tuple[bytes, bytes, int]] = []
+    deadline = time.monotonic() + timeout_seconds
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error() is not None:
+                if len(messages) >= expected and time.monotonic() - quiet_since > 1:
+                    break
+                continue
+            quiet_since = time.monotonic()
+            _, timestamp = message.timestamp()
+            messages.append((message.key(), message.value(), timestamp))
+    finally:
+        consumer.close()
+    return messages
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target address while it is started.
+
+    Stopping closes the listener and every forwarded connection, so the port
+    refuses connections like a server that is down.
+    """
+
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
+        self.port = port if port is not None else closed_port()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the proxy."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Listen and forward until :meth:`stop`."""
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Close the listener and all forwarded connections."""
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone
+            # would leave the port accepting connections on Linux.
+            with suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._sockets:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    with suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class PrivateRedis:
+    """A redis-server of one test on a free port, which the test may stop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = closed_port()
+        self.folder = folder
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Redis URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.skip("redis-server is not installed")
+        command = [server, "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("private redis-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        """Stop the server (this test's own, by its process handle)."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A started redis-server of this test, stopped after it."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def create_api_key(dsn: str, name: str = "test") -> tuple[str, str]:
+    """Store a new API key and return its id and the key."""
+    from services.scorer.keys import create_key
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return create_key(conn, name)
+
+
+def unique_transaction(stores: SeededStores, **changes: object) -> dict[str, object]:
+    """Return a valid /score body with a fresh transaction id for ``stores``' ids."""
+    body: dict[str, object] = {
+        "transaction_id": f"tx-{uuid.uuid4().hex[:12]}",
+        "customer_id": stores.customer_id,
+        "terminal_id": stores.terminal_id,
+        "amount": 42.5,
+        "timestamp": "2024-04-06T10:42:03.456Z",
+    }
+    return body | changes
