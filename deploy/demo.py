@@ -8,6 +8,7 @@ Everything it starts, it stops.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -209,7 +210,7 @@ def main() -> int:
     with step("starting the local stack (Kafka, Redis, PostgreSQL)"):
         started_servers = stack.up(settings)
     try:
-        summary = run_demo(settings)
+        summary = run_demo(settings, args.reuse_features)
     finally:
         if not settings.demo_keep_stack:
             stack.down(settings, started_servers)
@@ -218,7 +219,7 @@ def main() -> int:
     return 0 if summary["online_offline_mismatches"] == 0 else 1
 
 
-def run_demo(settings: DemoSettings) -> dict[str, Any]:
+def run_demo(settings: DemoSettings, reuse_features: bool) -> dict[str, Any]:
     """Run every step after the stack is up; return the summary."""
     from training.dataset import load_features, load_labelled_features
     from training.evaluation import (
@@ -229,18 +230,26 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from training.train import JobOptions
     from training.train import run as train
 
-    with step("resetting the demo's topics and stores"):
-        reset_state(settings)
     with step("loading transactions"):
         source = replay.load_source(settings.data_dir / "transactions.parquet")
         print(f"    source: {source.description}")
-    with step(f"replaying {replay.DEFAULT_START}..{replay.DEFAULT_END} into Kafka"):
-        replayed = replay.replay(settings, source.frame)
-        print(f"    {replayed.transactions:,} transactions and their labels")
-    with step("running the PyFlink feature job"):
-        run_feature_job(settings)
-        offline = load_features(settings.offline_store)
-        print(f"    {len(offline):,} offline feature rows")
+    if reuse_features:
+        print("==> reusing the topics and stores of the previous run")
+        span = replay.select_span(
+            source.frame, replay.DEFAULT_START, replay.DEFAULT_END
+        )
+        replayed_count = len(span)
+    else:
+        with step("resetting the demo's topics and stores"):
+            reset_state(settings)
+        title = f"replaying {replay.DEFAULT_START}..{replay.DEFAULT_END} into Kafka"
+        with step(title):
+            replayed_count = replay.replay(settings, source.frame).transactions
+            print(f"    {replayed_count:,} transactions and their labels")
+        with step("running the PyFlink feature job"):
+            run_feature_job(settings)
+    offline = load_features(settings.offline_store)
+    print(f"    {len(offline):,} offline feature rows")
     with step("training, exporting to ONNX and registering the model"):
         options = JobOptions(
             offline_store=settings.offline_store,
@@ -261,6 +270,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     failed = [r for r in responses if r.status != 200]
     ok = [r for r in responses if r.status == 200]
+    if failed:
+        statuses = pd.Series([r.status for r in failed]).value_counts().to_dict()
+        print(
+            f"    {len(failed):,} requests failed, by status {statuses}; first: "
+            f"{failed[0].body}"
+        )
+    if not ok:
+        raise RuntimeError("no request to /score succeeded; see the scorer's log")
     mismatches, max_difference = compare_features(ok, offline)
     labelled = load_labelled_features(settings.offline_store)
     scored = _scored_frame(ok, labelled)
@@ -273,7 +290,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     sources = pd.Series([r.body["feature_source"] for r in ok]).value_counts()
     return {
         "dataset_source": source.description,
-        "transactions_replayed": replayed.transactions,
+        "transactions_replayed": replayed_count,
         "offline_feature_rows": len(offline),
         "model_version": trained.version,
         "onnx_max_abs_diff": trained.metrics.get("onnx_max_abs_diff"),
