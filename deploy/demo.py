@@ -200,8 +200,15 @@ def save_pr_curve(scored: pd.DataFrame, path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the demo and print its summary."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
+    parser.add_argument(
+        "--reuse-features",
+        action="store_true",
+        help="skip the replay and the feature job; use the stores of the last run",
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(name)s %(message)s"
     )
