@@ -401,7 +401,7 @@ def live_settings(
 
 
 @dataclass(frozen=True)
-class TestTopics:
+class KafkaTopics:
     """Topics of one test module on the shared broker, deleted after it."""
 
     bootstrap: str
@@ -420,12 +420,12 @@ class TestTopics:
 
 
 @pytest.fixture(scope="module")
-def kafka_topics(kafka_bootstrap: str) -> Iterator[TestTopics]:
+def kafka_topics(kafka_bootstrap: str) -> Iterator[KafkaTopics]:
     """Fresh topics on the shared broker, so no test reads another's events."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     prefix = f"scorer-test-{uuid.uuid4().hex[:10]}"
-    topics = TestTopics(
+    topics = KafkaTopics(
         kafka_bootstrap,
         f"{prefix}-transactions",
         f"{prefix}-decisions",
