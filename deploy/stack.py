@@ -248,6 +248,7 @@ def create_topics(settings: PlatformSettings) -> None:
         settings.labels_topic,
         settings.decisions_topic,
         settings.dead_letter_topic,
+        settings.late_events_topic,
     ]
     # Replayed events keep their original (years old) timestamps, and time-based
     # retention would delete them as soon as they land, so these topics are

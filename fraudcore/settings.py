@@ -26,6 +26,7 @@ class PlatformSettings(BaseSettings):
     labels_topic: str = "labels"
     decisions_topic: str = "decisions"
     dead_letter_topic: str = "dead-letters"
+    late_events_topic: str = "late-events"
 
     # Prefix of every Redis key, so that several deployments can share a server.
     redis_prefix: str = "fraud"

@@ -23,6 +23,7 @@ file can be submitted to a Flink cluster with ``flink run -py``.
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import sys
@@ -32,17 +33,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic_settings import SettingsConfigDict
 from pyflink.common import Configuration, Duration, Row, Types, WatermarkStrategy
-from pyflink.common.serialization import SimpleStringSchema
+from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream import (
     KeyedCoProcessFunction,
     KeyedProcessFunction,
+    OutputTag,
+    ProcessFunction,
     RuntimeContext,
     StreamExecutionEnvironment,
     TimeDomain,
 )
-from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import StatementSet, StreamTableEnvironment
 
@@ -55,7 +65,7 @@ from fraudcore.features import (
 )
 from fraudcore.schema import decode_label, decode_transaction
 from fraudcore.settings import REPO_ROOT, PlatformSettings
-from fraudcore.timeutil import MS_PER_DAY, parse_timestamp_ms
+from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms, parse_timestamp_ms
 from streaming.online_writer import OnlineStoreWriter, ensure_schema
 
 log = logging.getLogger(__name__)
@@ -90,6 +100,9 @@ class StreamJobSettings(PlatformSettings):
     out_of_orderness_ms: int = 5_000
     # A partition that sends nothing for this long no longer holds back watermarks.
     idle_timeout_ms: int = 10_000
+    # Events this far behind the watermark still count for the transactions
+    # processed after them; events further behind go to the late-events topic.
+    allowed_lateness_ms: int = 3_600_000
     # Events buffered before the online-store writer flushes a batch; a partial
     # batch is flushed after writer_flush_ms of processing time.
     writer_batch_size: int = 1_000
@@ -98,17 +111,18 @@ class StreamJobSettings(PlatformSettings):
 
 # --- parsing -----------------------------------------------------------------
 
+DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+LATE_EVENTS = OutputTag("late-events", Types.STRING())
 
-def parse_transaction(raw: str) -> Iterator[dict[str, Any]]:
-    """Validate one transaction record and yield it as a plain dict."""
-    try:
-        record = decode_transaction(raw.encode())
-    except ValueError as exc:
-        # TODO: route invalid records to the dead-letter topic with their bytes
-        # and reason once the job has a Kafka sink; until then they are logged.
-        log.warning("invalid transaction record dropped: %s", exc)
-        return
-    yield {
+
+def transaction_fields(raw: bytes) -> dict[str, Any]:
+    """Validate one transaction record and return the fields the job uses.
+
+    Raises:
+        ValueError: with a one-sentence reason when the record is invalid.
+    """
+    record = decode_transaction(raw)
+    return {
         "transaction_id": record.transaction_id,
         "customer_id": record.customer_id,
         "terminal_id": record.terminal_id,
@@ -118,14 +132,14 @@ def parse_transaction(raw: str) -> Iterator[dict[str, Any]]:
     }
 
 
-def parse_label(raw: str) -> Iterator[dict[str, Any]]:
-    """Validate one label record and yield it as a plain dict."""
-    try:
-        record = decode_label(raw.encode())
-    except ValueError as exc:
-        log.warning("invalid label record dropped: %s", exc)
-        return
-    yield {
+def label_fields(raw: bytes) -> dict[str, Any]:
+    """Validate one label record and return the fields the job uses.
+
+    Raises:
+        ValueError: with a one-sentence reason when the record is invalid.
+    """
+    record = decode_label(raw)
+    return {
         "transaction_id": record.transaction_id,
         "customer_id": record.customer_id,
         "terminal_id": record.terminal_id,
@@ -133,6 +147,60 @@ def parse_label(raw: str) -> Iterator[dict[str, Any]]:
         "label_ms": record.event_ms,
         "fraud": record.fraud,
     }
+
+
+def dead_letter(source_topic: str, raw: bytes, reason: str) -> str:
+    """Build the dead-letter record of rejected bytes: the reason and the bytes."""
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return orjson.dumps(
+        {
+            "source_topic": source_topic,
+            "reason": reason,
+            "original_base64": base64.b64encode(raw).decode("ascii"),
+            "original_text": text,
+            "rejected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+    ).decode()
+
+
+class ParseRecords(ProcessFunction):
+    """Validates raw records; invalid ones go to the dead-letter side output.
+
+    Args:
+        source_topic: topic the records come from, named in dead letters.
+        kind: ``"transaction"`` or ``"label"``.
+    """
+
+    def __init__(self, source_topic: str, kind: str) -> None:
+        self._source_topic = source_topic
+        self._parse = transaction_fields if kind == "transaction" else label_fields
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        metrics = runtime_context.get_metrics_group()
+        self._rejected = metrics.counter("dead_letter_records")
+
+    def process_element(self, value: bytes, ctx: Any) -> Iterator[Any]:
+        try:
+            yield self._parse(value)
+        except ValueError as exc:
+            self._rejected.inc()
+            yield DEAD_LETTERS, dead_letter(self._source_topic, value, str(exc))
+
+
+def late_event(kind: str, fields: dict[str, Any], event_ms: int, watermark: int) -> str:
+    """Build the late-events record of an event behind the watermark."""
+    return orjson.dumps(
+        {
+            "kind": kind,
+            "reason": f"event time {format_timestamp_ms(event_ms)} is "
+            f"{watermark - event_ms} ms behind the watermark "
+            f"{format_timestamp_ms(watermark)}",
+            "event": fields,
+        }
+    ).decode()
 
 
 def day_partition(epoch_ms: int) -> str:
@@ -227,18 +295,28 @@ class CustomerWindows(KeyedProcessFunction):
 
     def __init__(self, settings: StreamJobSettings) -> None:
         self._writes = _OnlineStoreWrites(settings)
+        self._allowed_lateness_ms = settings.allowed_lateness_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
         self._history = runtime_context.get_state(
             ValueStateDescriptor("customer-history", Types.PICKLED_BYTE_ARRAY())
         )
+        self._late = runtime_context.get_metrics_group().counter("late_events")
         self._writes.open()
 
     def close(self) -> None:
         self._writes.close()
 
-    def process_element(self, value: dict[str, Any], ctx: Any) -> None:
+    def process_element(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
+        watermark = ctx.timer_service().current_watermark()
+        if watermark - value["event_ms"] > self._allowed_lateness_ms:
+            self._late.inc()
+            yield (
+                LATE_EVENTS,
+                late_event("transaction", value, value["event_ms"], watermark),
+            )
+            return
         self._pending.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
         event = CustomerEvent(
@@ -261,7 +339,8 @@ class CustomerWindows(KeyedProcessFunction):
             tx |= features.customer_features(ms, transaction_id, amount, history)
             history.append((ms, transaction_id, amount))
             yield tx
-        start = timestamp - LONGEST_WINDOW_MS
+        # Late events up to the allowed lateness still need their whole window.
+        start = timestamp - LONGEST_WINDOW_MS - self._allowed_lateness_ms
         self._history.update([event for event in history if event[0] > start])
 
 
@@ -274,6 +353,7 @@ class TerminalWindows(KeyedCoProcessFunction):
 
     def __init__(self, settings: StreamJobSettings) -> None:
         self._writes = _OnlineStoreWrites(settings)
+        self._allowed_lateness_ms = settings.allowed_lateness_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._pending_tx = _EventTimeBuffer(runtime_context, "pending-transactions")
@@ -281,16 +361,23 @@ class TerminalWindows(KeyedCoProcessFunction):
         self._known = runtime_context.get_state(
             ValueStateDescriptor("terminal-labels", Types.PICKLED_BYTE_ARRAY())
         )
+        self._late = runtime_context.get_metrics_group().counter("late_events")
         self._writes.open()
 
     def close(self) -> None:
         self._writes.close()
 
     def process_element1(self, value: dict[str, Any], ctx: Any) -> None:
+        # Transactions passed the lateness check upstream and are never dropped here.
         self._pending_tx.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
 
-    def process_element2(self, value: dict[str, Any], ctx: Any) -> None:
+    def process_element2(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
+        watermark = ctx.timer_service().current_watermark()
+        if watermark - value["label_ms"] > self._allowed_lateness_ms:
+            self._late.inc()
+            yield LATE_EVENTS, late_event("label", value, value["label_ms"], watermark)
+            return
         label = (value["label_ms"], value["transaction_id"], value["fraud"])
         self._pending_labels.add(value["label_ms"], label)
         ctx.timer_service().register_event_time_timer(value["label_ms"])
@@ -309,7 +396,7 @@ class TerminalWindows(KeyedCoProcessFunction):
             tx |= features.terminal_features(tx["event_ms"], known)
             tx["TX_AMOUNT"] = tx["amount"]
             yield _feature_row(tx)
-        start = timestamp - LONGEST_WINDOW_MS
+        start = timestamp - LONGEST_WINDOW_MS - self._allowed_lateness_ms
         self._known.update([label for label in known if label[0] > start])
 
 
@@ -349,12 +436,30 @@ def _kafka_source(
         .set_topics(topic)
         .set_group_id(settings.consumer_group)
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-        .set_value_only_deserializer(SimpleStringSchema())
+        .set_value_only_deserializer(ByteArraySchema())
         .set_property("isolation.level", "read_committed")
     )
     if bounded:
         builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
     return builder.build()
+
+
+def _kafka_sink(settings: StreamJobSettings, topic: str) -> KafkaSink:
+    serializer = (
+        KafkaRecordSerializationSchema.builder()
+        .set_topic(topic)
+        .set_value_serialization_schema(SimpleStringSchema())
+        .build()
+    )
+    # At least once: a dead letter or late event repeated after a restart
+    # repeats a report, it does not change any feature.
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_record_serializer(serializer)
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .build()
+    )
 
 
 def _watermarks(settings: StreamJobSettings) -> WatermarkStrategy:
@@ -378,10 +483,19 @@ def build_pipeline(
         _kafka_source(settings, settings.transactions_topic, bounded),
         strategy,
         "transactions",
-    ).flat_map(parse_transaction, output_type=Types.PICKLED_BYTE_ARRAY())
+    ).process(
+        ParseRecords(settings.transactions_topic, "transaction"),
+        output_type=Types.PICKLED_BYTE_ARRAY(),
+    )
     labels = env.from_source(
         _kafka_source(settings, settings.labels_topic, bounded), strategy, "labels"
-    ).flat_map(parse_label, output_type=Types.PICKLED_BYTE_ARRAY())
+    ).process(
+        ParseRecords(settings.labels_topic, "label"),
+        output_type=Types.PICKLED_BYTE_ARRAY(),
+    )
+    transactions.get_side_output(DEAD_LETTERS).union(
+        labels.get_side_output(DEAD_LETTERS)
+    ).sink_to(_kafka_sink(settings, settings.dead_letter_topic)).name("dead letters")
 
     with_customer = transactions.key_by(lambda tx: tx["customer_id"]).process(
         CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY()
@@ -392,6 +506,9 @@ def build_pipeline(
         .process(TerminalWindows(settings), output_type=FEATURE_ROW)
     )
     label_rows = labels.map(_label_row, output_type=LABEL_ROW)
+    with_customer.get_side_output(LATE_EVENTS).union(
+        feature_rows.get_side_output(LATE_EVENTS)
+    ).sink_to(_kafka_sink(settings, settings.late_events_topic)).name("late events")
 
     table_env = StreamTableEnvironment.create(env)
     statements = table_env.create_statement_set()

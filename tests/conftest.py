@@ -87,6 +87,7 @@ def test_settings(
             "labels_topic": f"{prefix}-labels",
             "decisions_topic": f"{prefix}-decisions",
             "dead_letter_topic": f"{prefix}-dead-letters",
+            "late_events_topic": f"{prefix}-late-events",
             "offline_store": state / "offline",
             "model_dir": state / "models",
         }
@@ -106,6 +107,7 @@ def _delete_topics(settings: PlatformSettings) -> None:
         settings.labels_topic,
         settings.decisions_topic,
         settings.dead_letter_topic,
+        settings.late_events_topic,
     ]
     for future in admin.delete_topics(topics).values():
         future.result(timeout=30)
