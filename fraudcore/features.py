@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import UTC, tzinfo
 from typing import NamedTuple
 
 from fraudcore.timeutil import MS_PER_DAY, utc_datetime
@@ -24,7 +25,8 @@ from fraudcore.timeutil import MS_PER_DAY, utc_datetime
 WINDOW_DAYS = (1, 7, 30)
 LABEL_DELAY_DAYS = 7
 
-# Hours 0..6 count as night, Saturday and Sunday as weekend, both in UTC.
+# Hours 0..6 count as night, Saturday and Sunday as weekend, in the zone given to
+# calendar_features (FRAUD_FEATURE_TIMEZONE, UTC by default, as in the dataset).
 NIGHT_LAST_HOUR = 6
 
 # How long a key's events stay in the online store after its newest event: the
@@ -95,9 +97,9 @@ def order_key(event_ms: int, transaction_id: str) -> tuple[int, int, str]:
     return (event_ms, len(transaction_id), transaction_id)
 
 
-def calendar_features(event_ms: int) -> dict[str, float]:
-    """Compute the weekend and night flags of an event time."""
-    moment = utc_datetime(event_ms)
+def calendar_features(event_ms: int, zone: tzinfo = UTC) -> dict[str, float]:
+    """Compute the weekend and night flags of an event time in ``zone``."""
+    moment = utc_datetime(event_ms).astimezone(zone)
     return {
         "TX_DURING_WEEKEND": float(moment.weekday() >= 5),
         "TX_DURING_NIGHT": float(moment.hour <= NIGHT_LAST_HOUR),
@@ -162,10 +164,11 @@ def transaction_features(
     amount: float,
     customer_history: Iterable[CustomerEventTuple],
     terminal_labels: Iterable[TerminalLabelTuple],
+    zone: tzinfo = UTC,
 ) -> dict[str, float]:
     """Compute all model inputs of one transaction, in ``MODEL_INPUTS`` order."""
     named = {"TX_AMOUNT": amount}
-    named |= calendar_features(event_ms)
+    named |= calendar_features(event_ms, zone)
     named |= customer_features(event_ms, transaction_id, amount, customer_history)
     named |= terminal_features(event_ms, terminal_labels)
     return {name: named[name] for name in MODEL_INPUTS}

@@ -84,7 +84,7 @@ async def segment_of_async(
 
     Returns None in the same cases as :func:`segment_of`.
     """
-    value = await client.hget(segment_key(prefix, customer_id), version)
+    value = await client.hget(segment_key(prefix, customer_id), version)  # type: ignore[misc]
     return decode_segment(value)
 
 

@@ -7,7 +7,9 @@ once at start-up and passes it down.
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,26 @@ class PlatformSettings(BaseSettings):
     # Prefix of every Redis key, so that several deployments can share a server.
     redis_prefix: str = "fraud"
 
+    # IANA zone whose day decides the night and weekend features. The stream job
+    # and the scorer must use the same zone, and models trained under one zone
+    # should be served under it.
+    feature_timezone: str = "UTC"
+
     data_dir: Path = REPO_ROOT.parent / "shared" / "data" / "fraud-handbook"
     state_dir: Path = REPO_ROOT / ".state"
     offline_store: Path = REPO_ROOT / ".state" / "offline"
     model_dir: Path = REPO_ROOT / ".state" / "models"
+
+    @field_validator("feature_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @property
+    def feature_zone(self) -> ZoneInfo:
+        """The zone of the calendar features."""
+        return ZoneInfo(self.feature_timezone)

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from pydantic_settings import SettingsConfigDict
@@ -296,8 +297,10 @@ class CustomerWindows(KeyedProcessFunction):
     def __init__(self, settings: StreamJobSettings) -> None:
         self._writes = _OnlineStoreWrites(settings)
         self._allowed_lateness_ms = settings.allowed_lateness_ms
+        self._zone_name = settings.feature_timezone
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self._zone = ZoneInfo(self._zone_name)
         self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
         self._history = runtime_context.get_state(
             ValueStateDescriptor("customer-history", Types.PICKLED_BYTE_ARRAY())
@@ -335,7 +338,7 @@ class CustomerWindows(KeyedProcessFunction):
                 tx["transaction_id"],
                 tx["amount"],
             )
-            tx |= features.calendar_features(ms)
+            tx |= features.calendar_features(ms, self._zone)
             tx |= features.customer_features(ms, transaction_id, amount, history)
             history.append((ms, transaction_id, amount))
             yield tx
