@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from training.segmentation import plots
@@ -32,7 +33,9 @@ COMPOSITE_RULE = (
 )
 
 
-def write_labelled_rows(frame: pd.DataFrame, labels: np.ndarray, path: Path) -> str:
+def write_labelled_rows(
+    frame: pd.DataFrame, labels: npt.NDArray[np.int64], path: Path
+) -> str:
     """Write the input rows plus a cluster column to CSV; return the column's name.
 
     The column is ``cluster``, or ``cluster_1``, ``cluster_2``, ... when the
@@ -72,7 +75,7 @@ def write_figures(
     return files
 
 
-def _plot_rows(n_rows: int, config: SegmentationConfig) -> np.ndarray | None:
+def _plot_rows(n_rows: int, config: SegmentationConfig) -> npt.NDArray[np.int64] | None:
     if n_rows <= config.plot_max_rows:
         return None
     rng = np.random.default_rng(config.seed)

@@ -152,6 +152,7 @@ def load_input(options: JobOptions) -> tuple[pd.DataFrame, str | None, dict[str,
     source : dict
         Description of the input for the report.
     """
+    source: dict[str, Any]
     if options.csv is not None:
         frame = read_csv(options.csv)
         source = {
@@ -266,16 +267,19 @@ def _add_input_arguments(
 ) -> None:
     source.add_argument(
         "--csv",
+        metavar="FILE",
         type=Path,
         help="cluster the rows of this CSV file instead of the customer profiles",
     )
     source.add_argument(
         "--id-column",
+        metavar="NAME",
         help="CSV column that identifies a row (the customer id when publishing); "
         "it is not used as a feature",
     )
     source.add_argument(
         "--offline-store",
+        metavar="PATH",
         type=Path,
         default=settings.offline_store,
         help="offline store to read profiles from and to write segments to "
@@ -283,11 +287,13 @@ def _add_input_arguments(
     )
     source.add_argument(
         "--start",
+        metavar="DAY",
         type=date.fromisoformat,
         help="first UTC day of transactions in the profiles, YYYY-MM-DD",
     )
     source.add_argument(
         "--end",
+        metavar="DAY",
         type=date.fromisoformat,
         help="UTC day at which the profiles stop, not included, YYYY-MM-DD; set it "
         "to the first training day so that segments do not look ahead",
@@ -298,18 +304,21 @@ def _add_sweep_arguments(sweep: argparse._ArgumentGroup) -> None:
     defaults = SegmentationConfig()
     sweep.add_argument(
         "--seed",
+        metavar="N",
         type=int,
         default=defaults.seed,
         help="seed of every random step (default: %(default)s)",
     )
     sweep.add_argument(
         "--k-min",
+        metavar="K",
         type=int,
         default=defaults.k_min,
         help="smallest number of clusters (default: %(default)s)",
     )
     sweep.add_argument(
         "--k-max",
+        metavar="K",
         type=int,
         default=defaults.k_max,
         help="largest number of clusters (default: %(default)s)",
@@ -323,6 +332,7 @@ def _add_sweep_arguments(sweep: argparse._ArgumentGroup) -> None:
     )
     sweep.add_argument(
         "--ward-max-rows",
+        metavar="ROWS",
         type=int,
         default=defaults.ward_max_rows,
         help="rows above which Ward is fit on a sample of this size "
@@ -330,6 +340,7 @@ def _add_sweep_arguments(sweep: argparse._ArgumentGroup) -> None:
     )
     sweep.add_argument(
         "--silhouette-max-rows",
+        metavar="ROWS",
         type=int,
         default=defaults.silhouette_max_rows,
         help="rows above which the silhouette uses a sample of this size "
@@ -337,6 +348,7 @@ def _add_sweep_arguments(sweep: argparse._ArgumentGroup) -> None:
     )
     sweep.add_argument(
         "--top-features",
+        metavar="N",
         type=int,
         default=defaults.top_features,
         help="separating features described per cluster (default: %(default)s)",
@@ -346,6 +358,7 @@ def _add_sweep_arguments(sweep: argparse._ArgumentGroup) -> None:
 def _add_output_arguments(output: argparse._ArgumentGroup) -> None:
     output.add_argument(
         "--report-dir",
+        metavar="DIR",
         type=Path,
         default=DEFAULT_REPORT_DIR,
         help="folder of the report, labelled rows and figures (default: %(default)s)",

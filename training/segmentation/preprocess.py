@@ -132,18 +132,18 @@ def preprocess(frame: pd.DataFrame, id_column: str | None = None) -> Preprocesse
 
 
 def _drop_non_numeric(frame: pd.DataFrame, report: PreprocessReport) -> pd.DataFrame:
-    kept: dict[str, pd.Series] = {}
+    numeric_columns: dict[str, pd.Series] = {}
     for name in frame.columns:
         column = frame[name]
         if pd.api.types.is_bool_dtype(column):
-            kept[name] = column.astype("float64")
+            numeric_columns[name] = column.astype("float64")
         elif pd.api.types.is_numeric_dtype(column) and not (
             pd.api.types.is_complex_dtype(column)
         ):
-            kept[name] = column.astype("float64")
+            numeric_columns[name] = column.astype("float64")
         else:
             report.dropped_non_numeric[name] = str(column.dtype)
-    return pd.DataFrame(kept, index=frame.index)
+    return pd.DataFrame(numeric_columns, index=frame.index)
 
 
 def _drop_all_missing(frame: pd.DataFrame, report: PreprocessReport) -> pd.DataFrame:
@@ -194,7 +194,8 @@ def _robust_scale(
     ]
     report.center = dict(zip(frame.columns, center.tolist(), strict=True))
     report.scale = dict(zip(frame.columns, scale.tolist(), strict=True))
-    return (values - center) / scale
+    scaled: npt.NDArray[np.float64] = (values - center) / scale
+    return scaled
 
 
 def _log_report(report: PreprocessReport) -> None:

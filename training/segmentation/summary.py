@@ -51,7 +51,8 @@ def relabel_by_size(labels: Labels) -> Labels:
     order = np.lexsort((first_rows, -counts))
     mapping = np.empty(values.max() - values.min() + 1, dtype=np.int64)
     mapping[values[order] - values.min()] = np.arange(len(values))
-    return mapping[labels - values.min()]
+    renumbered: Labels = mapping[labels - values.min()]
+    return renumbered
 
 
 def cluster_sizes(labels: Labels) -> dict[int, int]:

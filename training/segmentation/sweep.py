@@ -338,7 +338,8 @@ def fit_kmeans(values: Matrix, k: int, config: SegmentationConfig) -> Labels:
     numpy.ndarray of shape (n_rows,)
     """
     model = KMeans(n_clusters=k, n_init=config.kmeans_n_init, random_state=config.seed)
-    return model.fit_predict(values).astype(np.int64)
+    labels: Labels = model.fit_predict(values).astype(np.int64)
+    return labels
 
 
 def fit_gmm(values: Matrix, k: int, config: SegmentationConfig) -> Labels:
@@ -362,7 +363,8 @@ def fit_gmm(values: Matrix, k: int, config: SegmentationConfig) -> Labels:
         n_init=config.gmm_n_init,
         random_state=config.seed,
     )
-    return model.fit(values).predict(values).astype(np.int64)
+    labels: Labels = model.fit(values).predict(values).astype(np.int64)
+    return labels
 
 
 def fit_ward(
@@ -389,9 +391,10 @@ def fit_ward(
     model = AgglomerativeClustering(
         n_clusters=k, linkage="ward", memory=memory, compute_full_tree=True
     )
+    labels: Labels = np.empty(len(values), dtype=np.int64)
     if sample is None:
-        return model.fit_predict(values).astype(np.int64)
-    labels = np.empty(len(values), dtype=np.int64)
+        labels[:] = model.fit_predict(values)
+        return labels
     labels[sample] = model.fit_predict(values[sample])
     rest = np.ones(len(values), dtype=bool)
     rest[sample] = False

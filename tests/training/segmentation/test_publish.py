@@ -229,8 +229,8 @@ def test_redis_keeps_newest_versions(redis_client: redis.Redis, prefix: str) -> 
         write_redis_segments(redis_client, prefix, rows)
 
     fields = redis_client.hgetall(segment_key(prefix, "1"))
-    kept = {field.decode() for field in fields}
-    assert kept == set(versions[1:])
+    kept_versions = {field.decode() for field in fields}
+    assert kept_versions == set(versions[1:])
     assert segment_of(redis_client, prefix, "1", versions[-1]) == REDIS_KEPT_VERSIONS
     assert segment_of(redis_client, prefix, "1", versions[0]) is None
     assert newest_version(redis_client, prefix) == versions[-1]
