@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo test test-unit lint clean
+.PHONY: setup stack-up stack-down demo segment test test-unit lint clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -28,6 +28,11 @@ stack-down:
 ## demo: run the main job end to end on the real data
 demo: setup
 	$(PY) -m deploy.demo
+
+## segment: cluster the offline store's customers and publish their segments
+## (extra options in SEGMENT_ARGS, see python -m training.segmentation --help)
+segment: stack-up
+	$(PY) -m training.segmentation $(SEGMENT_ARGS)
 
 ## test: run the whole test suite against real servers
 test: setup
