@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -16,9 +17,11 @@ from tests.training.segmentation.factories import FAST_CONFIG, blob_matrix
 from training.errors import InputDataError
 from training.segmentation.sweep import (
     DEGENERATE,
+    FAILED,
     SCORED,
     SKIPPED,
     Candidate,
+    _fit_and_score,
     choose_candidate,
     draw_samples,
     fit_ward,
@@ -244,3 +247,35 @@ def test_fit_ward_assigns_rest_to_nearest_centroid() -> None:
     assert labels[4] == labels[0]
     assert labels[5] == labels[2]
     assert labels[0] != labels[2]
+
+
+def test_fit_and_score_marks_failed_fit() -> None:
+    candidate = Candidate(method="kmeans", k=3)
+    samples = draw_samples(len(VALUES), FAST_CONFIG)
+
+    def one_cluster(values: np.ndarray, k: int) -> np.ndarray:
+        return np.zeros(len(values), dtype=np.int64)
+
+    _fit_and_score(candidate, one_cluster, VALUES, samples)
+
+    assert candidate.status == FAILED
+    assert candidate.reason is not None
+    assert "Number of labels is 1" in candidate.reason
+    assert candidate.mean_rank is None
+
+
+def test_fit_and_score_marks_degenerate_fit() -> None:
+    candidate = Candidate(method="gmm", k=3)
+    samples = draw_samples(len(VALUES), FAST_CONFIG)
+
+    def two_clusters(values: np.ndarray, k: int) -> np.ndarray:
+        warnings.warn("did not converge", UserWarning, stacklevel=1)
+        return (values[:, 0] > 2).astype(np.int64)
+
+    _fit_and_score(candidate, two_clusters, VALUES, samples)
+
+    assert candidate.status == DEGENERATE
+    assert candidate.reason == "2 non-empty clusters came out of k=3"
+    assert candidate.silhouette is not None
+    assert candidate.warnings == ["did not converge"]
+    assert not candidate.ranked
