@@ -52,6 +52,13 @@ class PlatformSettings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    def environment(self) -> dict[str, str]:
+        """Return the ``FRAUD_*`` variables that reproduce these settings."""
+        return {
+            f"FRAUD_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+        }
+
     @property
     def feature_zone(self) -> ZoneInfo:
         """The zone of the calendar features."""

@@ -34,8 +34,12 @@ async def replay_requests(
     bodies: Sequence[dict[str, Any]],
     concurrency: int = 4,
     timeout_seconds: float = 10.0,
+    api_key: str | None = None,
 ) -> list[ScoredResponse]:
-    """Send every body to ``/score`` and return the outcomes in the same order."""
+    """Send every body to ``/score`` and return the outcomes in the same order.
+
+    ``api_key`` goes in the ``X-API-Key`` header when given.
+    """
     results: list[ScoredResponse | None] = [None] * len(bodies)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(bodies)):
@@ -43,8 +47,9 @@ async def replay_requests(
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency
     )
+    headers = {"X-API-Key": api_key} if api_key else {}
     async with httpx.AsyncClient(
-        base_url=base_url, timeout=timeout_seconds, limits=limits
+        base_url=base_url, timeout=timeout_seconds, limits=limits, headers=headers
     ) as client:
         workers = [
             asyncio.create_task(_worker(client, bodies, queue, results))

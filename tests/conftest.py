@@ -127,10 +127,7 @@ def _delete_redis_keys(settings: PlatformSettings) -> None:
 
 def settings_environment(settings: PlatformSettings) -> dict[str, str]:
     """Return ``os.environ`` plus ``FRAUD_*`` variables that reproduce ``settings``."""
-    environment = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        environment[f"FRAUD_{name.upper()}"] = str(value)
-    return environment
+    return dict(os.environ) | settings.environment()
 
 
 @dataclass(frozen=True)
