@@ -243,6 +243,10 @@ class _OnlineStoreWrites:
 
     A batch is flushed when it is full, or ``writer_flush_ms`` of processing time
     after its first event, whichever comes first.
+
+    NOTE: Python operators get no call at checkpoints, so a batch still buffered
+    when the job dies is lost although its records count as consumed. This lasts
+    until the writes go through a sink that flushes at checkpoints.
     """
 
     def __init__(self, settings: StreamJobSettings) -> None:
