@@ -5,7 +5,7 @@ ONNX file that it registers. The registry's sha256 covers only the ONNX file,
 so the text model is accepted as the same model only after two checks:
 
 * it lies in the folder of the ONNX file whose sha256 matched the registry, and
-* on probe rows that put every input on both sides of each of its split
+* on probe rows that put every input in each interval between its split
   thresholds, its fraud probability equals the verified ONNX model's within
   ``PARITY_TOLERANCE``.
 
@@ -132,21 +132,46 @@ def check_same_model(booster: lgb.Booster, model: ScoringModel, path: Path) -> N
 def probe_rows(
     booster: lgb.Booster, count: int = PROBE_ROWS, seed: int = PROBE_SEED
 ) -> npt.NDArray[np.float32]:
-    """Build rows whose inputs sit just below or above the booster's thresholds.
+    """Build rows whose inputs fall in every interval between split thresholds.
 
-    Each input takes a random value from its split thresholds (as float32, which
-    goes left), the next float32 above each (which goes right), and 0.
+    Each input takes a random value from: one below its lowest threshold, one
+    above its highest, and the float32 midpoint of each pair of neighbouring
+    thresholds. The thresholds are first rounded down to float32, as the ONNX
+    export rounds them, and a midpoint strictly between two rounded thresholds
+    lies on the same side of every split in both models. Values at a threshold
+    itself are avoided because there the two models may round differently.
     """
-    candidates: list[list[float]] = [[0.0] for _ in MODEL_INPUTS]
+    thresholds: list[set[float]] = [set() for _ in MODEL_INPUTS]
     for feature, threshold in split_thresholds(booster):
-        below = np.float32(threshold)
-        if float(below) > threshold:
-            below = np.nextafter(below, np.float32(-np.inf))
-        above = np.nextafter(below, np.float32(np.inf))
-        candidates[feature] += [float(below), float(above)]
+        thresholds[feature].add(_float32_floor(threshold))
     rng = np.random.default_rng(seed)
-    columns = [rng.choice(np.asarray(values), size=count) for values in candidates]
+    columns = [
+        rng.choice(_interval_points(sorted(values)), size=count)
+        for values in thresholds
+    ]
     return np.column_stack(columns).astype(np.float32)
+
+
+def _float32_floor(value: float) -> float:
+    rounded = np.float32(value)
+    if float(rounded) > value:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)
+
+
+def _interval_points(bounds: list[float]) -> npt.NDArray[np.float32]:
+    if not bounds:
+        return np.zeros(1, dtype=np.float32)
+    # Steps of at least 1% stay clear of the bounds after float32 rounding.
+    points = [
+        bounds[0] - max(1.0, abs(bounds[0]) * 0.01),
+        bounds[-1] + max(1.0, abs(bounds[-1]) * 0.01),
+    ]
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        middle = float(np.float32((low + high) / 2))
+        if low < middle < high:
+            points.append(middle)
+    return np.asarray(points, dtype=np.float32)
 
 
 def split_thresholds(booster: lgb.Booster) -> Iterator[tuple[int, float]]:

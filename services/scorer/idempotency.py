@@ -4,16 +4,21 @@ The first request that stores a decision for a transaction id wins. Its
 decision goes out to Kafka and the decision log; any later request with that id
 gets the stored response back if its body is the same, and 409 if not.
 
-Redis is the synchronous store: ``SET NX EX`` claims an id atomically across
-workers in one round trip of about 0.1 ms, and the read of a stored decision
-rides in the feature lookup's round trip. PostgreSQL keeps the durable copy in
-``scored_transactions``. A background task writes it in batches, off the
-request path, because a synchronous insert would add a round trip and a WAL
-write to every request. When Redis does not respond, the claim is an
-``INSERT ... ON CONFLICT DO NOTHING`` in PostgreSQL instead.
+Redis is the synchronous store. The feature lookup's round trip claims the id
+with ``SET NX GET`` of a pending marker (atomic across workers), so a new
+transaction pays no extra round trip. Once decided, the marker is replaced by
+the decision in a background pipeline that batches many requests. A request
+that meets another's pending marker for the same body waits for the decision
+until its deadline. A marker older than ``PENDING_STALE_SECONDS`` (its worker
+died) is taken over, unless PostgreSQL already has the decision.
+
+PostgreSQL keeps the durable copy in ``scored_transactions``. A background task
+writes it in batches, off the request path, because a synchronous insert would
+add a round trip and a WAL write to every request. When Redis does not respond,
+the claim is an ``INSERT ... ON CONFLICT DO NOTHING`` in PostgreSQL instead.
 
 Limits: a replay is recognised for ``idempotency_ttl_seconds`` after the first
-request, as long as Redis keeps its data or PostgreSQL has the claim. A replay
+request, as long as Redis keeps its data or PostgreSQL has the decision. A replay
 after that wins again, and its events go out twice; its durable row is then
 counted as ``duplicate``. When neither store responds, the request is scored
 without a claim, and counted as ``idempotency_unavailable``.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from fraudcore.schema import TransactionRecord, encode
-from services.scorer.feature_store import PG_FAILURES, REDIS_FAILURES
+from services.scorer.feature_store import PG_FAILURES, REDIS_FAILURES, ClaimRequest
 from services.scorer.logs import ThrottledWarning
 from services.scorer.metrics import ScorerMetrics
 
@@ -43,6 +49,10 @@ logger = logging.getLogger(__name__)
 # skipping it would give up idempotency.
 MIN_CLAIM_SECONDS = 0.002
 WRITER_BATCH_ROWS = 500
+PENDING_PREFIX = b"pending|"
+PENDING_STALE_SECONDS = 5.0
+PENDING_POLL_SECONDS = 0.001
+STORE_TIMEOUT_SECONDS = 1.0
 WRITER_INTERVAL_SECONDS = 0.05
 WRITER_RETRY_SECONDS = 1.0
 
@@ -58,12 +68,7 @@ INSERT_BATCH_SQL = """
 INSERT INTO scored_transactions (transaction_id, request_sha256, customer_id,
     terminal_id, transaction_ms, model_version, probability, decision, response,
     decided_at)
-SELECT id, digest, customer, terminal, ms, version, probability, decision,
-    response::json, decided_at::timestamptz
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],
-    %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[])
-    AS t(id, digest, customer, terminal, ms, version, probability, decision,
-         response, decided_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz)
 ON CONFLICT (transaction_id) DO NOTHING
 """
 SELECT_SQL = """
@@ -86,6 +91,31 @@ def request_digest(record: TransactionRecord) -> str:
 def decision_key(prefix: str, transaction_id: str) -> str:
     """Return the Redis key of a transaction's stored decision."""
     return f"{prefix}:decision:{transaction_id}"
+
+
+def pending_marker(digest: str, claimed_ms: int) -> bytes:
+    """Return the value that claims a transaction id until its decision is stored."""
+    return PENDING_PREFIX + f"{digest}|{claimed_ms}".encode()
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Another request's claim: the digest of its body and when it claimed."""
+
+    digest: str
+    claimed_ms: int
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Pending | None:
+        """Parse a pending marker; None when ``raw`` is a stored decision."""
+        if not raw.startswith(PENDING_PREFIX):
+            return None
+        digest, _, claimed = raw[len(PENDING_PREFIX) :].decode().partition("|")
+        return cls(digest, int(claimed))
+
+    def is_stale(self, now_ms: int) -> bool:
+        """Whether the claiming request has had far longer than any deadline."""
+        return now_ms - self.claimed_ms > PENDING_STALE_SECONDS * 1000
 
 
 @dataclass(frozen=True)
@@ -154,6 +184,7 @@ class DecisionStore:
         ttl_seconds: int,
         redis_timeout_seconds: float,
         pg_timeout_seconds: float,
+        metrics: ScorerMetrics,
     ) -> None:
         self._redis = redis
         self._pg_pool = pg_pool
@@ -162,36 +193,93 @@ class DecisionStore:
         self._ttl = ttl_seconds
         self._redis_timeout = redis_timeout_seconds
         self._pg_timeout = pg_timeout_seconds
+        self._metrics = metrics
         self._warning = ThrottledWarning(logger)
+        self._finished: list[StoredDecision] = []
+        self._finished_event = asyncio.Event()
 
     def key(self, transaction_id: str) -> str:
         """Return the Redis key of ``transaction_id``'s stored decision."""
         return decision_key(self._prefix, transaction_id)
 
-    async def claim(
-        self, decision: StoredDecision, budget: float, try_redis: bool = True
-    ) -> StoredDecision | None:
-        """Store ``decision`` unless one is stored for its transaction id.
+    def claim_request(self, transaction_id: str, digest: str) -> ClaimRequest:
+        """Return the claim that the feature lookup makes in Redis."""
+        marker = pending_marker(digest, time.time_ns() // 1_000_000)
+        return ClaimRequest(self.key(transaction_id), marker, self._ttl)
 
-        Args:
-            decision: The new decision.
-            budget: Seconds left in the request; at least ``MIN_CLAIM_SECONDS``
-                are used.
-            try_redis: False skips Redis, which already failed in this request.
+    def store(self, decision: StoredDecision) -> None:
+        """Replace this request's pending marker with the decision, in the background.
+
+        The decision is also queued for its durable copy in PostgreSQL.
+        """
+        self._finished.append(decision)
+        self._finished_event.set()
+        self._writer.add(decision)
+
+    async def run_storer(self) -> None:
+        """Write finished decisions to Redis in pipelines until cancelled."""
+        while True:
+            await self._finished_event.wait()
+            self._finished_event.clear()
+            await self.store_batch()
+
+    async def store_batch(self) -> None:
+        """Write the finished decisions queued so far to Redis in one pipeline."""
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for decision in batch:
+                        key = self.key(decision.transaction_id)
+                        pipe.set(key, decision.to_redis(), ex=self._ttl)
+                    await pipe.execute()
+        except REDIS_FAILURES as exc:
+            # The markers stay until they are stale; replays then find the
+            # decisions in PostgreSQL.
+            self._metrics.errors.labels(kind="redis_store_decision").inc(len(batch))
+            self._warning.warn(
+                "storing %d decisions in redis failed: %r", len(batch), exc
+            )
+
+    async def wait_for_decision(
+        self, transaction_id: str, deadline: float
+    ) -> bytes | None:
+        """Poll Redis until another request's decision replaces its marker.
+
+        Returns:
+            The stored decision, or None when ``deadline`` (``loop.time()``)
+            passed first.
+        """
+        loop = asyncio.get_running_loop()
+        key = self.key(transaction_id)
+        while loop.time() < deadline:
+            await asyncio.sleep(PENDING_POLL_SECONDS)
+            try:
+                async with asyncio.timeout(self._redis_timeout):
+                    raw = await self._redis.get(key)
+            except REDIS_FAILURES:
+                return None
+            if raw is not None and Pending.parse(raw) is None:
+                return bytes(raw)
+        return None
+
+    async def claim_in_postgres(
+        self, decision: StoredDecision, budget: float
+    ) -> StoredDecision | None:
+        """Store ``decision`` in PostgreSQL unless one is stored for its id.
+
+        Used when Redis did not respond to the lookup. ``budget`` is the time
+        left in the request; at least ``MIN_CLAIM_SECONDS`` are used.
 
         Returns:
             None when ``decision`` was stored, else the decision stored before.
 
         Raises:
-            ClaimUnavailable: if neither store responded.
+            ClaimUnavailable: if PostgreSQL did not respond.
         """
         budget = max(budget, MIN_CLAIM_SECONDS)
-        if try_redis:
-            try:
-                async with asyncio.timeout(min(budget, self._redis_timeout)):
-                    return await self._claim_redis(decision)
-            except REDIS_FAILURES as exc:
-                self._warning.warn("redis claim failed, using postgresql: %r", exc)
         try:
             async with asyncio.timeout(min(budget, self._pg_timeout)):
                 return await self._claim_postgres(decision)
@@ -199,17 +287,22 @@ class DecisionStore:
             self._warning.warn("postgresql claim failed: %r", exc)
             raise ClaimUnavailable from exc
 
-    async def _claim_redis(self, decision: StoredDecision) -> StoredDecision | None:
-        key = self.key(decision.transaction_id)
-        stored = await self._redis.set(key, decision.to_redis(), nx=True, ex=self._ttl)
-        if stored:
-            self._writer.add(decision)
-            return None
-        existing = await self._redis.get(key)
-        if existing is None:
-            # The key expired between SET and GET: store again.
-            return await self._claim_redis(decision)
-        return StoredDecision.from_redis(existing)
+    async def find_durable(self, transaction_id: str) -> StoredDecision | None:
+        """Find a decision in the writer's buffer or in PostgreSQL.
+
+        Raises:
+            ClaimUnavailable: if PostgreSQL did not respond.
+        """
+        pending = self._writer.pending(transaction_id)
+        if pending is not None:
+            return pending
+        try:
+            async with asyncio.timeout(self._pg_timeout):
+                async with self._pg_pool.connection(timeout=self._pg_timeout) as conn:
+                    return await _select(conn, transaction_id)
+        except PG_FAILURES as exc:
+            self._warning.warn("postgresql lookup of a decision failed: %r", exc)
+            raise ClaimUnavailable from exc
 
     async def _claim_postgres(self, decision: StoredDecision) -> StoredDecision | None:
         async with self._pg_pool.connection(timeout=self._pg_timeout) as conn:
@@ -231,20 +324,11 @@ class DecisionStore:
         try:
             async with asyncio.timeout(self._redis_timeout):
                 raw = await self._redis.get(self.key(transaction_id))
-            if raw is not None:
+            if raw is not None and Pending.parse(raw) is None:
                 return StoredDecision.from_redis(raw)
         except REDIS_FAILURES as exc:
             self._warning.warn("redis lookup of a decision failed: %r", exc)
-        pending = self._writer.pending(transaction_id)
-        if pending is not None:
-            return pending
-        try:
-            async with asyncio.timeout(self._pg_timeout):
-                async with self._pg_pool.connection(timeout=self._pg_timeout) as conn:
-                    return await _select(conn, transaction_id)
-        except PG_FAILURES as exc:
-            self._warning.warn("postgresql lookup of a decision failed: %r", exc)
-            raise ClaimUnavailable from exc
+        return await self.find_durable(transaction_id)
 
 
 async def _select(conn: Any, transaction_id: str) -> StoredDecision | None:
@@ -310,12 +394,12 @@ class DecisionWriter:
         batch = list(self._rows.values())[:WRITER_BATCH_ROWS]
         if not batch:
             return True
-        columns = list(zip(*(decision.row() for decision in batch), strict=True))
         try:
             async with self._pg_pool.connection() as conn:
-                cursor = await conn.execute(
-                    INSERT_BATCH_SQL, [list(c) for c in columns]
-                )
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        INSERT_BATCH_SQL, [decision.row() for decision in batch]
+                    )
         except PG_FAILURES as exc:
             self._warning.warn(
                 "writing %d decisions to postgresql failed, retrying: %r",

@@ -121,6 +121,7 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
         ttl_seconds=settings.idempotency_ttl_seconds,
         redis_timeout_seconds=settings.redis_timeout_seconds,
         pg_timeout_seconds=settings.pg_timeout_seconds,
+        metrics=metrics,
     )
     await warm_up_redis(redis)
     events = EventPublisher(settings, metrics)
@@ -158,6 +159,7 @@ async def warm_up_redis(redis: Redis) -> None:
 def start_background_tasks(runtime: Runtime, model_loaded: bool) -> None:
     """Start the decision writer, the key reloads and, if needed, model retries."""
     runtime.tasks.append(asyncio.create_task(runtime.writer.run()))
+    runtime.tasks.append(asyncio.create_task(runtime.decisions.run_storer()))
     if runtime.settings.require_api_key:
         runtime.tasks.append(asyncio.create_task(runtime.api_keys.run()))
     if not model_loaded:
@@ -169,6 +171,7 @@ async def close_runtime(runtime: Runtime) -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await runtime.decisions.store_batch()
     await runtime.writer.drain(runtime.settings.flush_timeout_seconds)
     await asyncio.to_thread(runtime.events.close)
     await runtime.redis.aclose()

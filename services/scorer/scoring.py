@@ -11,11 +11,17 @@ import orjson
 
 from fraudcore.features import order_key, transaction_features
 from fraudcore.schema import TransactionRecord
-from fraudcore.timeutil import format_timestamp_ms
+from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
 from services.scorer.errors import IdempotencyConflict
-from services.scorer.feature_store import LOOKBACK_MS, Histories, HistoryQuery
+from services.scorer.feature_store import (
+    LOOKBACK_MS,
+    Histories,
+    HistoryQuery,
+    Lookup,
+)
 from services.scorer.idempotency import (
     ClaimUnavailable,
+    Pending,
     StoredDecision,
     request_digest,
 )
@@ -46,24 +52,24 @@ def feature_age_ms(
 
     The events used are the customer's transactions ordered before this one and
     the terminal's labels known at ``event_ms``, all within the longest window.
-    None when there are none.
+    None when there are none. Both histories are sorted by time, as Redis and
+    the PostgreSQL queries return them, so the scan from the end stops early.
     """
     start = event_ms - LOOKBACK_MS
     current = order_key(event_ms, transaction_id)
-    newest = max(
-        (
-            event[0]
-            for event in histories.customer
-            if event[0] > start and order_key(event[0], event[1]) < current
-        ),
-        default=None,
-    )
-    newest_label = max(
-        (label[0] for label in histories.terminal if start < label[0] <= event_ms),
-        default=None,
-    )
-    if newest_label is not None and (newest is None or newest_label > newest):
-        newest = newest_label
+    newest = None
+    for event in reversed(histories.customer):
+        if event[0] <= start:
+            break
+        if order_key(event[0], event[1]) < current:
+            newest = event[0]
+            break
+    for label in reversed(histories.terminal):
+        if label[0] <= start:
+            break
+        if label[0] <= event_ms:
+            newest = label[0] if newest is None else max(newest, label[0])
+            break
     return None if newest is None else event_ms - newest
 
 
@@ -101,12 +107,50 @@ def replay(previous: StoredDecision, digest: str, runtime: Runtime) -> bytes:
         IdempotencyConflict: if the stored decision was made for another body.
     """
     if previous.request_sha256 != digest:
-        raise IdempotencyConflict(
-            f"transaction {previous.transaction_id!r} was already scored with a "
-            "different body; send the same body or a new transaction_id."
-        )
+        raise conflict(previous.transaction_id)
     runtime.metrics.replays.inc()
     return previous.response
+
+
+def conflict(transaction_id: str) -> IdempotencyConflict:
+    """Build the error of a transaction id sent again with another body."""
+    return IdempotencyConflict(
+        f"transaction {transaction_id!r} was already scored with a different "
+        "body; send the same body or a new transaction_id."
+    )
+
+
+async def resolve_claimed(
+    runtime: Runtime, transaction_id: str, stored: bytes, digest: str, deadline: float
+) -> bytes | None:
+    """Answer a request whose transaction id another request claimed in Redis.
+
+    Returns:
+        The stored response, or None when the other request's claim is stale and
+        no decision was stored, so this request may decide.
+
+    Raises:
+        IdempotencyConflict: if the other request had another body, or is still
+            deciding at ``deadline``.
+    """
+    pending = Pending.parse(stored)
+    if pending is None:
+        return replay(StoredDecision.from_redis(stored), digest, runtime)
+    if pending.digest != digest:
+        raise conflict(transaction_id)
+    if pending.is_stale(time.time_ns() // 1_000_000):
+        try:
+            durable = await runtime.decisions.find_durable(transaction_id)
+        except ClaimUnavailable:
+            durable = None
+        return None if durable is None else replay(durable, digest, runtime)
+    decided = await runtime.decisions.wait_for_decision(transaction_id, deadline)
+    if decided is None:
+        raise IdempotencyConflict(
+            f"transaction {transaction_id!r} is still being scored by an earlier "
+            "request; retry with the same body."
+        )
+    return replay(StoredDecision.from_redis(decided), digest, runtime)
 
 
 async def score_transaction(
@@ -125,45 +169,78 @@ async def score_transaction(
         IdempotencyConflict: if the transaction id was scored with another body.
     """
     served, policy = runtime.serving()
-    settings = runtime.settings
-    loop = asyncio.get_running_loop()
-    budget = settings.request_deadline_ms / 1000
+    budget = runtime.settings.request_deadline_ms / 1000
     digest = request_digest(record)
-    stages = runtime.metrics.stage_duration
     started = time.perf_counter()
 
-    event_ms = record.event_ms
-    query = HistoryQuery.for_transaction(
-        record.customer_id, record.terminal_id, event_ms
-    )
     lookup = await runtime.histories.fetch(
-        query,
+        HistoryQuery.for_transaction(
+            record.customer_id, record.terminal_id, record.event_ms
+        ),
         deadline=arrived + budget * FEATURE_BUDGET_SHARE,
-        decision_key=runtime.decisions.key(record.transaction_id),
+        claim=runtime.decisions.claim_request(record.transaction_id, digest),
     )
+    stages = runtime.metrics.stage_duration
     stages.labels(stage="feature_fetch").observe(time.perf_counter() - started)
-    if lookup.stored_decision is not None:
-        previous = StoredDecision.from_redis(lookup.stored_decision)
-        return replay(previous, digest, runtime)
+    if lookup.redis_responded and lookup.stored_decision is not None:
+        answer = await resolve_claimed(
+            runtime, record.transaction_id, lookup.stored_decision, digest,
+            arrived + budget,
+        )  # fmt: skip
+        if answer is not None:
+            return answer
 
+    response, stored = decide(runtime, served, policy, record, lookup, digest)
+    if lookup.redis_responded:
+        runtime.decisions.store(stored)
+    else:
+        previous = await claim_in_postgres(runtime, stored, arrived + budget)
+        if previous is not None:
+            return replay(previous, digest, runtime)
+
+    announce(runtime, record, response)
+    stages.labels(stage="total").observe(time.perf_counter() - started)
+    return stored.response
+
+
+async def claim_in_postgres(
+    runtime: Runtime, stored: StoredDecision, deadline: float
+) -> StoredDecision | None:
+    """Claim in PostgreSQL; an unavailable claim is counted and scored anyway."""
+    budget = deadline - asyncio.get_running_loop().time()
+    try:
+        return await runtime.decisions.claim_in_postgres(stored, budget)
+    except ClaimUnavailable:
+        runtime.metrics.errors.labels(kind="idempotency_unavailable").inc()
+        return None
+
+
+def decide(
+    runtime: Runtime,
+    served: ServedModel,
+    policy: DecisionPolicy,
+    record: TransactionRecord,
+    lookup: Lookup,
+    digest: str,
+) -> tuple[dict[str, Any], StoredDecision]:
+    """Compute features, score and decide; return the response and its record."""
+    histories = lookup.histories
+    event_ms = record.event_ms
     features = transaction_features(
         event_ms,
         record.transaction_id,
         record.amount,
-        lookup.histories.customer,
-        lookup.histories.terminal,
+        histories.customer,
+        histories.terminal,
     )
-    degraded = lookup.source == "default"
-    verdict = judge(runtime, served, policy, features, degraded)
+    verdict = judge(runtime, served, policy, features, lookup.source == "default")
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
     response["feature_age_ms"] = feature_age_ms(
-        event_ms, record.transaction_id, lookup.histories
+        event_ms, record.transaction_id, histories
     )
-    if settings.return_features:
+    if runtime.settings.return_features:
         response["features"] = features
-    body = orjson.dumps(response)
-
     stored = StoredDecision(
         transaction_id=record.transaction_id,
         request_sha256=digest,
@@ -173,22 +250,10 @@ async def score_transaction(
         model_version=served.version,
         probability=verdict.probability,
         decision=verdict.decision,
-        response=body,
+        response=orjson.dumps(response),
         decided_at=response["decided_at"],
     )
-    try:
-        previous = await runtime.decisions.claim(
-            stored, arrived + budget - loop.time(), lookup.redis_responded
-        )
-    except ClaimUnavailable:
-        runtime.metrics.errors.labels(kind="idempotency_unavailable").inc()
-        previous = None
-    if previous is not None:
-        return replay(previous, digest, runtime)
-
-    announce(runtime, record, response, decided_ms)
-    stages.labels(stage="total").observe(time.perf_counter() - started)
-    return body
+    return response, stored
 
 
 def build_response(
@@ -231,10 +296,7 @@ DECISION_EVENT_FIELDS = (
 
 
 def announce(
-    runtime: Runtime,
-    record: TransactionRecord,
-    response: dict[str, Any],
-    decided_ms: int,
+    runtime: Runtime, record: TransactionRecord, response: dict[str, Any]
 ) -> None:
     """Count, log and publish a new decision."""
     metrics = runtime.metrics
@@ -248,6 +310,7 @@ def announce(
 
     event = {name: response[name] for name in DECISION_EVENT_FIELDS}
     runtime.events.publish_transaction(record)
+    decided_ms = parse_timestamp_ms(response["decided_at"])
     runtime.events.publish_decision(
         record.transaction_id, orjson.dumps(event), decided_ms
     )

@@ -12,11 +12,13 @@ import httpx
 import psycopg
 import pytest
 
+from fraudcore.schema import TransactionRecord
+from services.scorer.idempotency import decision_key, pending_marker, request_digest
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import (
+    KafkaTopics,
     SeededStores,
     ServedScorer,
-    KafkaTopics,
     closed_port,
     consume,
     unique_transaction,
@@ -168,3 +170,57 @@ def test_writer_copies_redis_claims_to_postgres(
     assert row is not None
     assert row[:3] == (stores.customer_id, stores.terminal_id, response["decision"])
     assert json.loads(row[3]) == response
+
+
+def write_marker(stores: SeededStores, transaction_id: str, marker: bytes) -> None:
+    """Put another request's pending marker in Redis, as its lookup would."""
+    stores.redis.set(decision_key(stores.prefix, transaction_id), marker, ex=60)
+
+
+def test_stale_marker_is_taken_over(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    served = run_scorer(live_settings)
+    body = unique_transaction(stores)
+    digest = request_digest(TransactionRecord.model_validate(body))
+    write_marker(stores, str(body["transaction_id"]), pending_marker(digest, 1))
+
+    response = served.score(body)
+
+    assert response.status_code == 200
+    assert stored_rows(stores.dsn, str(body["transaction_id"])) == 1
+
+
+def test_fresh_marker_of_other_body_conflicts(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    served = run_scorer(live_settings)
+    body = unique_transaction(stores)
+    now_ms = time.time_ns() // 1_000_000
+    write_marker(stores, str(body["transaction_id"]), pending_marker("0" * 64, now_ms))
+
+    response = served.score(body)
+
+    assert response.status_code == 409
+    assert "already scored with a different body" in response.json()["detail"]
+
+
+def test_fresh_marker_of_same_body_times_out(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    served = run_scorer(live_settings.model_copy(update={"request_deadline_ms": 50.0}))
+    body = unique_transaction(stores)
+    digest = request_digest(TransactionRecord.model_validate(body))
+    now_ms = time.time_ns() // 1_000_000
+    write_marker(stores, str(body["transaction_id"]), pending_marker(digest, now_ms))
+
+    response = served.score(body)
+
+    assert response.status_code == 409
+    assert "still being scored by an earlier request" in response.json()["detail"]
