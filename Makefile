@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo segment test test-unit lint clean
+.PHONY: setup stack-up stack-down demo segment test test-unit bench-score lint clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -41,6 +41,13 @@ test: setup
 ## test-unit: run only the tests that need no server
 test-unit: setup
 	$(PY) -m pytest -m "not integration"
+
+## bench-score: benchmark POST /score against a no-op route; needs Go for vegeta
+VEGETA_VERSION := v12.13.0
+bench-score: setup
+	@command -v vegeta >/dev/null || test -x "$$(go env GOPATH)/bin/vegeta" || \
+		go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+	PATH="$$PATH:$$(go env GOPATH)/bin" $(PY) -m load.bench_score
 
 ## lint: check formatting and common mistakes
 lint: setup
