@@ -53,7 +53,8 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
                 query = HistoryQuery.for_transaction(
                     row.customer_id, row.terminal_id, row.event_ms
                 )
-                histories, source = await lookup.fetch(query)
+                found = await lookup.fetch(query)
+                histories, source = found.histories, found.source
                 features = transaction_features(
                     row.event_ms,
                     row.transaction_id,
