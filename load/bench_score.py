@@ -51,7 +51,12 @@ from psycopg.types.json import Jsonb
 
 from deploy import stack
 from fraudcore.decisions import DECISIONS_SCHEMA
-from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
+from fraudcore.features import (
+    MODEL_INPUTS,
+    CustomerEvent,
+    TerminalLabel,
+    transaction_features,
+)
 from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from fraudcore.store import (
@@ -120,32 +125,51 @@ def drop_database(settings: PlatformSettings, dsn: str) -> None:
         )
 
 
-def seed_redis(url: str, prefix: str, rng: np.random.Generator) -> None:
+@dataclass(frozen=True)
+class SeededHistories:
+    """The histories written to Redis, kept to build training rows from."""
+
+    customers: list[list[CustomerEvent]]
+    terminals: list[list[TerminalLabel]]
+
+
+def seed_redis(url: str, prefix: str, rng: np.random.Generator) -> SeededHistories:
     """Write 30 days of history per customer and terminal, as the stream job does."""
+    histories = SeededHistories(
+        [_customer_history(c, rng) for c in range(CUSTOMERS)],
+        [_terminal_history(t, rng) for t in range(TERMINALS)],
+    )
     client = redis.Redis.from_url(url)
     pipe = client.pipeline(transaction=False)
-    for customer in range(CUSTOMERS):
-        offsets = rng.integers(60_000, 30 * MS_PER_DAY, size=EVENTS_PER_CUSTOMER)
-        amounts = np.round(rng.gamma(2.0, 30.0, size=EVENTS_PER_CUSTOMER), 2)
-        members = {
-            encode_customer_member(
-                CustomerEvent(EVENT_MS - int(o), f"h{customer}-{i}", float(a))
-            ): EVENT_MS - int(o)
-            for i, (o, a) in enumerate(zip(offsets, amounts, strict=True))
-        }
+    for customer, events in enumerate(histories.customers):
+        members = {encode_customer_member(e): e.event_ms for e in events}
         pipe.zadd(customer_key(prefix, str(customer)), members)
-    for terminal in range(TERMINALS):
-        offsets = rng.integers(60_000, 30 * MS_PER_DAY, size=LABELS_PER_TERMINAL)
-        frauds = rng.random(LABELS_PER_TERMINAL) < 0.02
-        members = {
-            encode_label_member(
-                TerminalLabel(EVENT_MS - int(o), f"l{terminal}-{i}", int(f))
-            ): EVENT_MS - int(o)
-            for i, (o, f) in enumerate(zip(offsets, frauds, strict=True))
-        }
+    for terminal, labels in enumerate(histories.terminals):
+        members = {encode_label_member(x): x.label_ms for x in labels}
         pipe.zadd(terminal_key(prefix, str(terminal)), members)
     pipe.execute()
     client.close()
+    return histories
+
+
+def _customer_history(customer: int, rng: np.random.Generator) -> list[CustomerEvent]:
+    offsets = rng.integers(60_000, 30 * MS_PER_DAY, size=EVENTS_PER_CUSTOMER)
+    amounts = np.round(rng.gamma(2.0, 30.0, size=EVENTS_PER_CUSTOMER), 2)
+    return [
+        CustomerEvent(EVENT_MS - int(o), f"h{customer}-{i}", float(a))
+        for i, (o, a) in enumerate(zip(offsets, amounts, strict=True))
+    ]
+
+
+def _terminal_history(terminal: int, rng: np.random.Generator) -> list[TerminalLabel]:
+    offsets = rng.integers(60_000, 30 * MS_PER_DAY, size=LABELS_PER_TERMINAL)
+    # A tenth of the terminals are compromised and have many known frauds.
+    rate = 0.5 if terminal % 10 == 0 else 0.02
+    frauds = rng.random(LABELS_PER_TERMINAL) < rate
+    return [
+        TerminalLabel(EVENT_MS - int(o), f"l{terminal}-{i}", int(f))
+        for i, (o, f) in enumerate(zip(offsets, frauds, strict=True))
+    ]
 
 
 def delete_redis_keys(url: str, prefix: str) -> None:
@@ -157,19 +181,36 @@ def delete_redis_keys(url: str, prefix: str) -> None:
     client.close()
 
 
-def train_model(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
-    """Fit a 300-tree monotone model on synthetic rows, as the training job would.
+def train_model(
+    folder: Path, histories: SeededHistories, rng: np.random.Generator
+) -> tuple[Path, np.ndarray]:
+    """Fit a 300-tree monotone model, as the training job would, on bench requests.
+
+    The rows are the features of random requests against the seeded histories,
+    so the model is fit on the same distribution as the benchmark's traffic. Large
+    amounts and terminals with known frauds are labelled fraud, after the
+    simulator's scenarios.
 
     Returns:
-        The ONNX path and the model's probabilities on the synthetic rows.
+        The ONNX path and the model's probabilities on the training rows.
     """
     from training.model import ModelConfig, to_onnx
 
     rows = 20_000
-    x = rng.normal(size=(rows, len(MODEL_INPUTS))).astype(np.float32)
-    x[:, 0] = rng.gamma(2.0, 30.0, size=rows)
-    risk = x[:, 0] / 60 + x[:, 10] + rng.normal(size=rows)
-    y = (risk > np.quantile(risk, 0.99)).astype(np.int64)
+    customers = rng.integers(0, CUSTOMERS, size=rows)
+    terminals = rng.integers(0, TERMINALS, size=rows)
+    amounts = np.round(rng.gamma(2.0, 30.0, size=rows), 2)
+    x = np.asarray(
+        [
+            feature_row(histories, int(c), int(t), float(a), f"train-{i}")
+            for i, (c, t, a) in enumerate(
+                zip(customers, terminals, amounts, strict=True)
+            )
+        ],
+        dtype=np.float32,
+    )
+    risk = x[:, 0] / 220 + x[:, MODEL_INPUTS.index("TERMINAL_ID_RISK_30DAY_WINDOW")]
+    y = (risk + rng.normal(scale=0.2, size=rows) > 1.0).astype(np.int64)
     classifier = lightgbm.LGBMClassifier(**ModelConfig().lightgbm_params())
     classifier.fit(x, y)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,6 +218,24 @@ def train_model(folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarra
     artifact.write_bytes(to_onnx(classifier).SerializeToString())
     classifier.booster_.save_model(folder / "lightgbm.txt")
     return artifact, classifier.predict_proba(x)[:, 1]
+
+
+def feature_row(
+    histories: SeededHistories,
+    customer: int,
+    terminal: int,
+    amount: float,
+    transaction_id: str,
+) -> list[float]:
+    """Return the model inputs of one request against the seeded histories."""
+    features = transaction_features(
+        EVENT_MS,
+        transaction_id,
+        amount,
+        histories.customers[customer],
+        histories.terminals[terminal],
+    )
+    return list(features.values())
 
 
 def register(dsn: str, version: str, artifact: Path, scores: np.ndarray) -> None:
@@ -361,7 +420,7 @@ def summarize(vegeta: str, results: Path) -> dict[str, Any]:
     elapsed = (ends.max() - started.min()) / 1e9
     return {
         "requests": len(latency),
-        "achieved_rps": round(len(latency) / elapsed, 1),
+        "achieved_rps": round(float(len(latency) / elapsed), 1),
         "p50_ms": round(float(np.percentile(latency, 50)), 3),
         "p99_ms": round(float(np.percentile(latency, 99)), 3),
         "p999_ms": round(float(np.percentile(latency, 99.9)), 3),
@@ -385,12 +444,22 @@ def histogram_buckets(base_url: str, name: str) -> dict[float, float]:
     return buckets
 
 
+def counter_samples(base_url: str, name: str) -> dict[str, float]:
+    """Return the samples of a labelled counter, keyed by their label text."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    return {
+        line[len(name) : line.index("}") + 1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
 def histogram_quantile(
     before: dict[float, float], after: dict[float, float], quantile: float
 ) -> float:
     """Estimate a quantile from the bucket increments, as Prometheus does.
 
-    The estimate interpolates linearly within the bucket that holds it, so its
+    The estimate interpolates linearly within the bucket that contains it, so its
     resolution is that of the buckets.
     """
     bounds = sorted(after)
@@ -500,6 +569,8 @@ def run_benchmark(
             run_point(vegeta, env, base_url, key, "/noop", None, args.duration)
             for _ in range(args.repeats)
         ]
+        decisions = counter_samples(base_url, "fraud_score_decisions_total")
+        sources = counter_samples(base_url, "fraud_score_feature_source_total")
     saturation_rps = max(run["achieved_rps"] for run in saturation)
     noop_rps = max(run["achieved_rps"] for run in noop)
     return {
@@ -510,6 +581,8 @@ def run_benchmark(
         "noop_saturation_runs": noop,
         "ratio_to_noop": round(saturation_rps / noop_rps, 3),
         "server_p99_ms_at_1000_rps": server_p99,
+        "decisions": decisions,
+        "feature_sources": sources,
         "saturation_connections": SATURATION_CONNECTIONS,
         "duration_seconds_per_run": args.duration,
     }
@@ -582,8 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine()}
     try:
         rng = np.random.default_rng(0)
-        seed_redis(settings.redis_url, env.prefix, rng)
-        artifact, scores = train_model(work_dir / "model", rng)
+        histories = seed_redis(settings.redis_url, env.prefix, rng)
+        artifact, scores = train_model(work_dir / "model", histories, rng)
         version = f"bench-{run_id}"
         register(env.dsn, version, artifact, scores)
         create_topics(settings.kafka_bootstrap, topics)

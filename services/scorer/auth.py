@@ -1,11 +1,11 @@
 """API keys: the ``X-API-Key`` header of ``/score`` and ``/labels``.
 
 A key is ``fsk_<key id>_<secret>`` with 32 random bytes of secret, and only its
-sha256 is stored, in ``api_keys``. A fast hash is enough here because the keys
-are random, not chosen by people: nobody can guess a 256-bit secret from its
-hash, so a slow password hash (scrypt, bcrypt) would add tens of milliseconds to
-every request and no protection. The key id is not secret; it names the key in
-``python -m services.scorer.keys list`` and in logs.
+sha256 is stored, in ``api_keys``. A fast hash is enough because the keys are
+random, not chosen by people, and a 256-bit secret cannot be found from its
+hash by trying guesses. A slow password hash (scrypt, bcrypt) protects guessable
+secrets, and here it would add tens of milliseconds to every request. The key
+id is not secret: it names the key in ``python -m services.scorer.keys list``.
 
 Each worker keeps every key's hash in memory and reloads them every
 ``api_key_refresh_seconds``, so a check costs no round trip and a revocation

@@ -3,7 +3,7 @@
 ``produce`` only appends to librdkafka's queue, so no request waits for the
 broker. A background thread serves delivery reports. Messages never time out
 (``message.timeout.ms=0``), so while the broker is unreachable they wait in the
-queue and are delivered once it is back. The queue holds at most
+queue and are delivered once it is back. The queue is bounded by
 ``kafka_buffer_messages`` messages. A message that does not fit is dropped,
 counted in ``fraud_score_events_total{outcome="dropped"}`` and logged, at most
 once per interval. Idempotent production keeps retries from writing a message

@@ -96,7 +96,7 @@ class Histories:
 
 @dataclass(frozen=True)
 class RedisReply:
-    """What one Redis round trip returned: histories (None on a miss) and more."""
+    """Reply of one Redis round trip: histories (None on a miss) and the claim."""
 
     histories: Histories | None
     stored_decision: bytes | None
@@ -123,8 +123,8 @@ class Lookup:
 # the transaction id: SET NX GET stores the pending marker ARGV[3] for ARGV[4]
 # seconds and returns nil, or returns the value stored before and changes
 # nothing.
-# NOTE: the script reads keys of two entities, which Redis Cluster allows only
-# when they hash to one slot; the scorer assumes a single Redis server.
+# NOTE: the script reads keys of two entities. Redis Cluster allows that only
+# when they hash to one slot, so the scorer needs a single Redis server.
 LOOKUP_SCRIPT = """
 local has_customer = redis.call('EXISTS', KEYS[1])
 local has_terminal = redis.call('EXISTS', KEYS[2])

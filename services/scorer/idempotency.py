@@ -1,8 +1,8 @@
 """Stored decisions: idempotent replays of ``POST /score`` and label lookups.
 
-The first request that stores a decision for a transaction id wins. Its
-decision goes out to Kafka and the decision log; any later request with that id
-gets the stored response back if its body is the same, and 409 if not.
+The first request that claims a transaction id decides, and only its decision
+goes out to Kafka and the decision log. A later request with that id gets the
+stored response back if its body is the same, and 409 if not.
 
 Redis is the synchronous store. The feature lookup's round trip claims the id
 with ``SET NX GET`` of a pending marker (atomic across workers), so a new
@@ -114,7 +114,10 @@ class Pending:
         return cls(digest, int(claimed))
 
     def is_stale(self, now_ms: int) -> bool:
-        """Whether the claiming request has had far longer than any deadline."""
+        """Return whether the claim is older than ``PENDING_STALE_SECONDS``.
+
+        That is far longer than any request deadline, so its worker has died.
+        """
         return now_ms - self.claimed_ms > PENDING_STALE_SECONDS * 1000
 
 

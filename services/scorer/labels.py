@@ -2,8 +2,8 @@
 
 A label is identified by its transaction and its source, so a review outcome
 and a later chargeback of the same transaction are two labels. Sending the same
-label again returns the recorded one and produces nothing; sending another
-label or time for the same transaction and source is a conflict.
+label again returns the recorded one and produces no event. Sending another
+label or time for the same transaction and source is a conflict (409).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class DecisionLog:
     def write(self, record: TransactionRecord, response: Mapping[str, Any]) -> None:
         """Log a new decision at INFO under the ``score_decision`` event.
 
-        ``response`` holds the fields of :class:`~services.scorer.schemas.ScoreOut`.
+        ``response`` contains the fields of :class:`~services.scorer.schemas.ScoreOut`.
         """
         if not decision_logger.isEnabledFor(logging.INFO):
             return

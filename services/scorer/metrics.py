@@ -95,6 +95,9 @@ class ScorerMetrics:
             ["topic", "outcome"],
             registry=self.registry,
         )
+        # NOTE: uvicorn restarts a dead worker without calling prometheus_client's
+        # mark_process_dead, so the backlog of a crashed worker stays in the sum
+        # until the server restarts.
         self.kafka_backlog = Gauge(
             "fraud_score_kafka_backlog_messages",
             "Kafka messages queued or in flight, not yet delivered.",

@@ -123,7 +123,7 @@ def conflict(transaction_id: str) -> IdempotencyConflict:
 async def resolve_claimed(
     runtime: Runtime, transaction_id: str, stored: bytes, digest: str, deadline: float
 ) -> bytes | None:
-    """Answer a request whose transaction id another request claimed in Redis.
+    """Resolve a request whose transaction id another request claimed in Redis.
 
     Returns:
         The stored response, or None when the other request's claim is stale and

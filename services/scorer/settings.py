@@ -62,8 +62,8 @@ class ScorerSettings(PlatformSettings):
     # from that copy (and counted), never from the response or Kafka.
     decision_buffer_rows: int = Field(default=100_000, gt=0)
 
-    # Messages that the Kafka producer holds while the broker is unreachable.
-    # Further messages are dropped, counted and logged.
+    # Maximum messages in the Kafka producer's queue, which keeps them while the
+    # broker is unreachable. Further messages are dropped, counted and logged.
     kafka_buffer_messages: int = Field(default=100_000, gt=0)
     # Seconds to wait at shutdown for the Kafka backlog, and again for the
     # decisions not yet written to PostgreSQL.

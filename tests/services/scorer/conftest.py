@@ -559,7 +559,7 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it replies to PING."""
         server = shutil.which("redis-server")
         if server is None:
             pytest.skip("redis-server is not installed")

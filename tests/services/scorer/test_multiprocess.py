@@ -63,14 +63,16 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> No
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"scorer exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"the scorer exited during start-up: {log.read_text()[-2000:]}"
+            )
         try:
             if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"scorer not ready: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"the scorer was not ready in 60 s: {log.read_text()[-2000:]}")
 
 
 def sample(text: str, name: str) -> float:
