@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo segment test test-unit bench-score lint clean
+.PHONY: setup stack-up stack-down demo segment test test-unit bench-score bench-stream lint clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -48,6 +48,10 @@ bench-score: setup
 	@command -v vegeta >/dev/null || test -x "$$(go env GOPATH)/bin/vegeta" || \
 		go install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
 	PATH="$$PATH:$$(go env GOPATH)/bin" $(PY) -m load.bench_score
+
+## bench-stream: replay every transaction through Kafka, Flink, Redis and Parquet
+bench-stream: setup
+	$(PY) -m load.bench_stream
 
 ## lint: check formatting and common mistakes
 lint: setup

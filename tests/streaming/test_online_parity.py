@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 SAMPLE_SIZE = 2_000
 TOLERANCE = 1e-9
+LOOKUP_TIMEOUT_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,12 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
         pool = create_pg_pool(settings)
         await pool.open()
         lookup = HistoryLookup(
-            client, pool, settings.redis_prefix, 5.0, 5.0, ScorerMetrics()
+            client,
+            pool,
+            settings.redis_prefix,
+            LOOKUP_TIMEOUT_SECONDS,
+            LOOKUP_TIMEOUT_SECONDS,
+            ScorerMetrics(),
         )
         results = []
         try:
@@ -72,7 +78,13 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
 
 
 def scorer_settings(streamed_span) -> ScorerSettings:
-    return ScorerSettings(**streamed_span.settings.model_dump())
+    # Generous timeouts: this test checks which store answers and its values, and
+    # a busy machine must not turn a slow Redis read into a fallback.
+    return ScorerSettings(
+        **streamed_span.settings.model_dump(),
+        redis_timeout_seconds=LOOKUP_TIMEOUT_SECONDS,
+        pg_timeout_seconds=LOOKUP_TIMEOUT_SECONDS,
+    )
 
 
 def assert_equal_to_offline(results, rows: pd.DataFrame, expected_source: str):
