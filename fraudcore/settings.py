@@ -52,6 +52,23 @@ class PlatformSettings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    def namespaced(self, prefix: str, offline_store: Path) -> PlatformSettings:
+        """Return a copy whose topics and Redis keys start with ``prefix``.
+
+        Tests and benchmarks use it to share servers without sharing data.
+        """
+        return self.model_copy(
+            update={
+                "transactions_topic": f"{prefix}-transactions",
+                "labels_topic": f"{prefix}-labels",
+                "decisions_topic": f"{prefix}-decisions",
+                "dead_letter_topic": f"{prefix}-dead-letters",
+                "late_events_topic": f"{prefix}-late-events",
+                "redis_prefix": prefix,
+                "offline_store": offline_store,
+            }
+        )
+
     def environment(self) -> dict[str, str]:
         """Return the ``FRAUD_*`` variables that reproduce these settings."""
         return {

@@ -48,16 +48,7 @@ FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 def bench_settings(base: PlatformSettings, name: str) -> PlatformSettings:
     """Return settings with topics, key prefix and stores of their own."""
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    return base.model_copy(
-        update={
-            "transactions_topic": f"{prefix}-transactions",
-            "labels_topic": f"{prefix}-labels",
-            "dead_letter_topic": f"{prefix}-dead-letters",
-            "late_events_topic": f"{prefix}-late-events",
-            "redis_prefix": prefix,
-            "offline_store": base.state_dir / "bench" / prefix / "offline",
-        }
-    )
+    return base.namespaced(prefix, base.state_dir / "bench" / prefix / "offline")
 
 
 def job_environment(settings: PlatformSettings, **extra: str) -> dict[str, str]:

@@ -79,18 +79,8 @@ def test_settings(
     """Settings with this session's own topics, Redis prefix, database and stores."""
     prefix = f"test-{run_id}"
     state = Path(tmp_path_factory.mktemp("state"))
-    settings = base_settings.model_copy(
-        update={
-            "pg_dsn": pg_dsn,
-            "redis_prefix": prefix,
-            "transactions_topic": f"{prefix}-transactions",
-            "labels_topic": f"{prefix}-labels",
-            "decisions_topic": f"{prefix}-decisions",
-            "dead_letter_topic": f"{prefix}-dead-letters",
-            "late_events_topic": f"{prefix}-late-events",
-            "offline_store": state / "offline",
-            "model_dir": state / "models",
-        }
+    settings = base_settings.namespaced(prefix, state / "offline").model_copy(
+        update={"pg_dsn": pg_dsn, "model_dir": state / "models"}
     )
     stack.create_topics(settings)
     yield settings

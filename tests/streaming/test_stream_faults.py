@@ -120,16 +120,8 @@ def wait_for(condition, what: str) -> None:
 @pytest.fixture(scope="module")
 def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
     prefix = f"{test_settings.redis_prefix}-faults"
-    settings = test_settings.model_copy(
-        update={
-            "transactions_topic": f"{prefix}-transactions",
-            "labels_topic": f"{prefix}-labels",
-            "dead_letter_topic": f"{prefix}-dead-letters",
-            "late_events_topic": f"{prefix}-late-events",
-            "redis_prefix": prefix,
-            "offline_store": test_settings.offline_store.parent / "faults-offline",
-        }
-    )
+    offline_store = test_settings.offline_store.parent / "faults-offline"
+    settings = test_settings.namespaced(prefix, offline_store)
     stack.create_topics(settings)
     environment = settings_environment(settings)
     environment |= {
