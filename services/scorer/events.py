@@ -142,7 +142,7 @@ class EventPublisher:
                 on_delivery=self._on_delivery,
             )
         except BufferError:
-            self._metrics.events.labels(topic=topic, outcome="dropped").inc()
+            self._metrics.child(self._metrics.events, topic, "dropped").inc()
             self._metrics.errors.labels(kind="kafka_buffer_full").inc()
             self._dropped_warning.warn(
                 "kafka buffer full (%d messages); dropped a message to %s",
@@ -150,14 +150,14 @@ class EventPublisher:
                 topic,
             )
             return
-        self._metrics.events.labels(topic=topic, outcome="queued").inc()
+        self._metrics.child(self._metrics.events, topic, "queued").inc()
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         topic = message.topic() or "unknown"
         if error is None:
-            self._metrics.events.labels(topic=topic, outcome="delivered").inc()
+            self._metrics.child(self._metrics.events, topic, "delivered").inc()
             return
-        self._metrics.events.labels(topic=topic, outcome="failed").inc()
+        self._metrics.child(self._metrics.events, topic, "failed").inc()
         self._metrics.errors.labels(kind="kafka_delivery").inc()
         self._failed_warning.warn("kafka delivery to %s failed: %s", topic, error)
 

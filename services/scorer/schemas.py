@@ -55,7 +55,7 @@ class ScoreOut(BaseModel):
     reasons: list[Reason] = Field(
         description=(
             "For review and block: up to three features that raised the score "
-            "most. Empty for allow."
+            "most. Empty for allow, and when only the degraded policy decided."
         )
     )
     decided_at: str = Field(description="Time of the decision, ISO-8601 UTC.")

@@ -87,16 +87,21 @@ def judge(
     hits = policy.rule_hits(features)
     candidates: list[Decision] = [policy.threshold_decision(probability)]
     candidates += [rule.decision for rule in hits]
+    model_decision = most_severe(candidates)
     if degraded:
         candidates.append(runtime.settings.degraded_decision)
     decision = most_severe(candidates)
     inferred = time.perf_counter()
-    stages.labels(stage="inference").observe(inferred - started)
+    runtime.metrics.child(stages, "inference").observe(inferred - started)
 
+    # Reasons explain the score. A review or block that only the degraded policy
+    # made has none, which also keeps an outage from adding the cost of
+    # contributions to every request.
     reasons: list[dict[str, Any]] = []
-    if decision != "allow" and served.explainer is not None:
+    if model_decision != "allow" and served.explainer is not None:
         reasons = [r.model_dump() for r in served.explainer.reasons(features)]
-        stages.labels(stage="explain").observe(time.perf_counter() - inferred)
+        elapsed = time.perf_counter() - inferred
+        runtime.metrics.child(stages, "explain").observe(elapsed)
     return Verdict(probability, decision, [rule.name for rule in hits], reasons)
 
 
@@ -181,7 +186,8 @@ async def score_transaction(
         claim=runtime.decisions.claim_request(record.transaction_id, digest),
     )
     stages = runtime.metrics.stage_duration
-    stages.labels(stage="feature_fetch").observe(time.perf_counter() - started)
+    metrics = runtime.metrics
+    metrics.child(stages, "feature_fetch").observe(time.perf_counter() - started)
     if lookup.redis_responded and lookup.stored_decision is not None:
         answer = await resolve_claimed(
             runtime, record.transaction_id, lookup.stored_decision, digest,
@@ -199,7 +205,7 @@ async def score_transaction(
             return replay(previous, digest, runtime)
 
     announce(runtime, record, response)
-    stages.labels(stage="total").observe(time.perf_counter() - started)
+    metrics.child(stages, "total").observe(time.perf_counter() - started)
     return stored.response
 
 
@@ -300,10 +306,10 @@ def announce(
 ) -> None:
     """Count, log and publish a new decision."""
     metrics = runtime.metrics
-    metrics.decisions.labels(
-        model_version=response["model_version"], decision=response["decision"]
+    metrics.child(
+        metrics.decisions, response["model_version"], response["decision"]
     ).inc()
-    metrics.feature_sources.labels(source=response["feature_source"]).inc()
+    metrics.child(metrics.feature_sources, response["feature_source"]).inc()
     if response["degraded"]:
         metrics.degraded.inc()
     runtime.decision_log.write(record, response)

@@ -11,11 +11,14 @@ import pytest
 
 from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
 from fraudcore.timeutil import parse_timestamp_ms
+from services.scorer.clients import create_redis
+from services.scorer.feature_store import HistoryLookup
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import (
     ExplainedModel,
     SeededStores,
     ServedScorer,
+    closed_port,
     register_model,
     unique_transaction,
 )
@@ -149,3 +152,31 @@ def test_feature_age_null_without_events(
 
     assert payload["feature_source"] == "redis"
     assert payload["feature_age_ms"] is None
+
+
+def test_degraded_review_has_no_reasons(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    explained_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    served = run_scorer(explained_settings)
+    assert served.runtime.model is not None
+    closed = closed_port()
+    served.runtime.histories = HistoryLookup(
+        create_redis(
+            explained_settings.model_copy(
+                update={"redis_url": f"redis://127.0.0.1:{closed}/0"}
+            )
+        ),
+        served.runtime.pg_pool,
+        "unused",
+        redis_timeout_seconds=0.05,
+        pg_timeout_seconds=0.0001,
+        metrics=served.runtime.metrics,
+    )
+
+    payload = served.score(unique_transaction(stores, amount=5.0)).json()
+
+    assert payload["degraded"] is True
+    assert payload["decision"] == "review"
+    assert payload["reasons"] == []
