@@ -40,6 +40,17 @@ class RequestTooLarge(ScorerError):
     kind = "request_too_large"
 
 
+class ClientDisconnected(ScorerError):
+    """The client closed the connection before it sent the whole body.
+
+    Status 499 is nginx's for this case. The client never reads the response,
+    so the point is to end the request without a logged traceback.
+    """
+
+    status_code = 499
+    kind = "client_disconnected"
+
+
 class ModelUnavailable(ScorerError):
     """No model is loaded yet, so the service cannot score."""
 
