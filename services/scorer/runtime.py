@@ -208,8 +208,12 @@ async def keep_loading_model(runtime: Runtime) -> None:
             return
 
 
-def get_runtime(request: Request) -> Runtime:
-    """Return the runtime that the lifespan stored on the app."""
+async def get_runtime(request: Request) -> Runtime:
+    """Return the runtime that the lifespan stored on the app.
+
+    A coroutine, because FastAPI runs a plain function dependency in a thread
+    pool, and that hand-off cost more than the scoring itself.
+    """
     runtime: Runtime = request.app.state.runtime
     return runtime
 
