@@ -106,8 +106,8 @@ class ScorerMetrics:
         )
         self.events = Counter(
             "fraud_score_events_total",
-            "Kafka messages by topic and outcome: queued, delivered, failed or "
-            "dropped because the buffer was full.",
+            "Kafka messages by topic and outcome: queued, failed or dropped "
+            "because the buffer was full.",
             ["topic", "outcome"],
             registry=self.registry,
         )
