@@ -279,6 +279,10 @@ class HistoryLookup:
             self._metrics.errors.labels(kind="deadline_exceeded").inc()
             return None
         try:
+            # NOTE: the timeout counts time spent waiting for the event loop.
+            # Beyond the scorer's capacity, replies that Redis sent in time
+            # still time out, and requests get PostgreSQL or default features
+            # rather than being shed (see docs/benchmarks.md, section Scorer).
             async with asyncio.timeout(budget):
                 return await read_redis(self._script, self._prefix, query, claim)
         except REDIS_FAILURES as exc:
