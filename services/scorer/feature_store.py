@@ -178,7 +178,7 @@ async def read_redis(
 def _customer_events(flat: list[bytes]) -> list[CustomerEventTuple]:
     # Same decoding as fraudcore.store.decode_customer_member, into plain
     # tuples, which the feature functions accept and which build faster.
-    events = []
+    events: list[CustomerEventTuple] = []
     append = events.append
     pairs = iter(flat)
     for member, score in zip(pairs, pairs, strict=True):
@@ -189,7 +189,7 @@ def _customer_events(flat: list[bytes]) -> list[CustomerEventTuple]:
 
 def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
     # Same decoding as fraudcore.store.decode_label_member.
-    labels = []
+    labels: list[TerminalLabelTuple] = []
     append = labels.append
     pairs = iter(flat)
     for member, score in zip(pairs, pairs, strict=True):

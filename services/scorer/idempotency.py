@@ -170,6 +170,21 @@ class StoredDecision:
         }
 
 
+# Columns of SELECT_SQL, in its order.
+STORED_FIELDS = (
+    "transaction_id",
+    "request_sha256",
+    "customer_id",
+    "terminal_id",
+    "transaction_ms",
+    "model_version",
+    "probability",
+    "decision",
+    "response",
+    "decided_at",
+)
+
+
 class ClaimUnavailable(Exception):
     """Neither Redis nor PostgreSQL took the claim."""
 
@@ -339,8 +354,9 @@ async def _select(conn: Any, transaction_id: str) -> StoredDecision | None:
     row = await cursor.fetchone()
     if row is None:
         return None
-    *head, response, decided_at = row
-    return StoredDecision(*head, response.encode(), decided_at)
+    fields = dict(zip(STORED_FIELDS, row, strict=True))
+    fields["response"] = fields["response"].encode()
+    return StoredDecision(**fields)
 
 
 class DecisionWriter:
