@@ -23,7 +23,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import psycopg
@@ -33,6 +32,7 @@ from deploy import stack
 from fraudcore.features import MODEL_INPUTS
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from load.http_replay import ScoredResponse, replay_requests, request_bodies
+from load.scorer_process import wait_ready
 from streaming import replay
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ def serving(settings: DemoSettings, model_version: str) -> Iterator[str]:
         "FRAUD_REDIS_TIMEOUT_SECONDS": "1.0",
         "FRAUD_PG_TIMEOUT_SECONDS": "1.0",
     }
-    log_file = (settings.state_dir / "logs" / "scorer.log").open("w")
+    log_path = settings.state_dir / "logs" / "scorer.log"
+    log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "services.scorer"],
         env=environment,
@@ -151,26 +152,12 @@ def serving(settings: DemoSettings, model_version: str) -> Iterator[str]:
     )
     base_url = f"http://127.0.0.1:{settings.demo_port}"
     try:
-        _wait_ready(base_url, process)
+        wait_ready(base_url, process, log_path)
         yield base_url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
         log_file.close()
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the scorer exited during start-up; see scorer.log")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the scorer at {base_url} was not ready within 60 s")
 
 
 def compare_features(

@@ -131,7 +131,7 @@ def _wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
         if pid is not None and not _alive(pid):
             raise StackError(
                 f"{name} exited during start-up; see {paths.log_file(name)}:\n"
-                + _tail(paths.log_file(name))
+                + log_tail(paths.log_file(name))
             )
         try:
             if check():
@@ -141,11 +141,12 @@ def _wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
         time.sleep(0.5)
     raise StackError(
         f"{name} did not become ready within {READY_TIMEOUT_SECONDS} s; "
-        f"see {paths.log_file(name)}:\n" + _tail(paths.log_file(name))
+        f"see {paths.log_file(name)}:\n" + log_tail(paths.log_file(name))
     )
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
+    """Return the last lines of a log file, or a note that it was never written."""
     if not path.exists():
         return "(no log written)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

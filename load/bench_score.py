@@ -32,7 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -67,6 +66,7 @@ from fraudcore.store import (
     terminal_key,
 )
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
+from load.scorer_process import wait_ready
 
 log = logging.getLogger("load.bench_score")
 
@@ -83,7 +83,6 @@ REVIEW_SHARE = 0.02
 BLOCK_SHARE = 0.005
 SATURATION_CONNECTIONS = 32
 SERVER_P99_RATE = 1000
-READY_TIMEOUT_SECONDS = 90
 
 
 @dataclass(frozen=True)
@@ -325,32 +324,6 @@ def scorer(env: BenchEnv, version: str, port: int) -> Iterator[str]:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-
-
-def wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Wait for ``/readyz`` to return 200.
-
-    Raises:
-        RuntimeError: if the scorer exits or is not ready in time.
-    """
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the scorer exited:\n{log_tail(log_path)}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(
-        f"the scorer was not ready in {READY_TIMEOUT_SECONDS} s:\n{log_tail(log_path)}"
-    )
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """Return the last lines of the scorer's log."""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 # --- load -----------------------------------------------------------------------
