@@ -8,7 +8,9 @@ Topology::
                                                    offline store: features/dt=…
 
 CustomerWindows writes each transaction, and TerminalWindows each label, to the
-online store (Redis and PostgreSQL) as it arrives.
+online store (Redis and PostgreSQL) as it arrives. Invalid records go to the
+dead-letter topic, and events too far behind the watermark to the late-events
+topic (see docs/streaming.md).
 
 Both window operators buffer their input until the watermark passes its event
 time and then process it in event-time order, so a transaction's features never
@@ -16,8 +18,12 @@ include anything that happened after it, whatever order Kafka delivered it in.
 The watermarks come from the Kafka record timestamps, which producers set to the
 event time.
 
-Run locally (embedded cluster) with ``python -m streaming.features_job``; the same
-file can be submitted to a Flink cluster with ``flink run -py``.
+Run locally (embedded cluster) with ``python -m streaming.features_job``.
+
+NOTE: the job uses only the DataStream and Table APIs, so ``flink run -py`` can
+submit it to a Flink cluster, but that has not been run yet. The cluster then
+needs the jars of ``deploy/local/flink-pom.xml`` and a Python with this
+repository's packages.
 """
 
 from __future__ import annotations
