@@ -189,7 +189,7 @@ def _kafka_properties(host: str, port: int, data_dir: Path) -> str:
 
 
 def start_kafka(settings: PlatformSettings, paths: Paths) -> None:
-    """Start a single-node KRaft broker unless one answers at the bootstrap address."""
+    """Start a single-node KRaft broker unless one responds at the bootstrap address."""
     host, port = host_port(settings.kafka_bootstrap)
     if is_listening(host, port):
         log.info("kafka already reachable at %s", settings.kafka_bootstrap)
@@ -269,7 +269,7 @@ def create_topics(settings: PlatformSettings) -> None:
 
 
 def start_redis(settings: PlatformSettings, paths: Paths) -> None:
-    """Start Debian's redis-server unless one answers at the Redis URL."""
+    """Start Debian's redis-server unless one responds at the Redis URL."""
     host, port = host_port(settings.redis_url)
     if is_listening(host, port):
         log.info("redis already reachable at %s", settings.redis_url)
@@ -281,7 +281,7 @@ def start_redis(settings: PlatformSettings, paths: Paths) -> None:
         raise StackError("redis-server is not installed; run `make setup` first")
     data_dir = paths.root / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    # Persistence is off: PostgreSQL holds the durable copy of the online store.
+    # Persistence is off: PostgreSQL keeps the durable copy of the online store.
     command = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir)]
     command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
     pid = _spawn("redis", command, paths)
@@ -305,7 +305,7 @@ def _pg_binary(name: str) -> str:
 
 
 def start_postgres(settings: PlatformSettings, paths: Paths) -> None:
-    """Start a PostgreSQL cluster owned by the postgres user, unless one answers."""
+    """Start a PostgreSQL cluster owned by the postgres user, unless one responds."""
     dsn = urlsplit(settings.pg_dsn)
     host, port = dsn.hostname or "127.0.0.1", dsn.port or 5432
     if is_listening(host, port):

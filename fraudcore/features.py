@@ -29,10 +29,10 @@ LABEL_DELAY_DAYS = 7
 # calendar_features (FRAUD_FEATURE_TIMEZONE, UTC by default, as in the dataset).
 NIGHT_LAST_HOUR = 6
 
-# How long a key's events stay in the online store after its newest event: the
-# longest window, plus the label delay (labels run that far ahead of the
-# transactions they label), plus a week so that a transaction a week older than
-# the newest event of its key still finds its whole window.
+# How long a key's events stay in the online store after its newest event. It is
+# the longest window plus the label delay, because labels run that far ahead of
+# the transactions they label. A further week lets a transaction a week older
+# than the newest event of its key still find its whole window.
 STATE_RETENTION_DAYS = max(WINDOW_DAYS) + LABEL_DELAY_DAYS + 7
 STATE_RETENTION_MS = STATE_RETENTION_DAYS * MS_PER_DAY
 
@@ -143,7 +143,7 @@ def terminal_features(
     """Compute the terminal's labelled count and fraud share per window at ``event_ms``.
 
     Labels that became known after ``event_ms`` are skipped. The risk is 0 when the
-    window holds no labelled transaction.
+    window contains no labelled transaction.
     """
     known = [label for label in labels if label[0] <= event_ms]
     result: dict[str, float] = {}

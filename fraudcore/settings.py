@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class PlatformSettings(BaseSettings):
-    """Where the servers are and what the topics and stores are called."""
+    """Server addresses, topic and store names, and the calendar features' zone."""
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
 

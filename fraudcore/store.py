@@ -1,8 +1,8 @@
 """Layout of the online feature store: Redis keys and their PostgreSQL copy.
 
-Redis holds one sorted set per customer (its transactions, scored by event time)
+Redis keeps one sorted set per customer (its transactions, scored by event time)
 and one per terminal (its known labels, scored by the time each became known).
-PostgreSQL holds the same events in two tables; the scorer reads them when Redis
+PostgreSQL keeps the same events in two tables; the scorer reads them when Redis
 misses or fails, and computes the same features from them.
 """
 

@@ -301,7 +301,7 @@ class CustomerWindows(KeyedProcessFunction):
     """Adds customer and calendar features to each transaction, keyed by customer.
 
     Also writes each transaction to the online store as it arrives, so the
-    scorer sees it without waiting for the watermark.
+    scorer can read it before the watermark passes.
     """
 
     def __init__(self, settings: StreamJobSettings) -> None:

@@ -86,7 +86,7 @@ class OnlineStoreWriter:
     def flush(self) -> None:
         """Write everything queued to PostgreSQL, then to Redis.
 
-        PostgreSQL goes first so that Redis never holds an event its durable copy
+        PostgreSQL goes first so that Redis never contains an event its durable copy
         lacks.
         """
         if not len(self):
@@ -111,7 +111,7 @@ class OnlineStoreWriter:
 
     def _delete_expired_rows(self) -> None:
         # Redis trims per key on every write. PostgreSQL trims in bulk, by the
-        # newest event this writer has seen; its rows are read only inside their
+        # newest event this writer has seen. Its rows are read only inside their
         # window, so rows of quiet keys kept a little longer change no feature.
         event_cutoff = self._newest_event_ms - STATE_RETENTION_MS
         label_cutoff = self._newest_label_ms - STATE_RETENTION_MS

@@ -78,7 +78,7 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
 
 
 def scorer_settings(streamed_span) -> ScorerSettings:
-    # Generous timeouts: this test checks which store answers and its values, and
+    # Generous timeouts: this test checks which store responds and its values, and
     # a busy machine must not turn a slow Redis read into a fallback.
     return ScorerSettings(
         **streamed_span.settings.model_dump(),
