@@ -110,16 +110,22 @@ def flink_jars(settings: PlatformSettings) -> list[Path]:
     return resolve_jars(pom, paths.jars / "flink")
 
 
+# Servers this process started, kept so that their exit can be seen (and
+# reaped) by poll() and so that no Popen is collected while its child runs.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _spawn(name: str, command: list[str], paths: Paths, user: str | None = None) -> int:
-    log_file = paths.log_file(name).open("ab")
-    process = subprocess.Popen(
-        command,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        user=user,
-    )
+    with paths.log_file(name).open("ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            user=user,
+        )
+    _children[process.pid] = process
     paths.pid_file(name).write_text(f"{process.pid}\n")
     log.info("started %s (pid %d), log %s", name, process.pid, paths.log_file(name))
     return process.pid
@@ -153,6 +159,9 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import lightgbm
@@ -146,6 +147,13 @@ class ServedScorer:
     def score(self, body: object) -> httpx.Response:
         """POST ``body`` as JSON to /score."""
         return self.client.post("/score", json=body)
+
+    def decision(self, body: object) -> dict[str, Any]:
+        """POST ``body`` to /score and return the decision, failing unless 200."""
+        response = self.score(body)
+        assert response.status_code == 200, response.text
+        payload: dict[str, Any] = response.json()
+        return payload
 
 
 @contextmanager
@@ -389,7 +397,8 @@ def live_settings(
         # Budgets far above the defaults, because the test machine may be busy
         # and a timeout would change the feature source.
         redis_timeout_seconds=0.5,
-        request_deadline_ms=2000.0,
+        pg_timeout_seconds=1.0,
+        request_deadline_ms=3000.0,
         model_dir=registered_model.model_dir,
         model_version=registered_model.version,
         return_features=True,
@@ -441,12 +450,17 @@ def kafka_topics(kafka_bootstrap: str) -> Iterator[KafkaTopics]:
 
 
 def consume(
-    bootstrap: str, topic: str, expected: int, timeout_seconds: float = 30.0
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_seconds: float = 30.0,
+    keep: Callable[[bytes], bool] = lambda value: True,
 ) -> list[tuple[bytes, bytes, int]]:
     """Read ``(key, value, timestamp_ms)`` from the start of ``topic``.
 
-    Stops once ``expected`` messages arrived and no more came within a second,
-    or when the timeout runs out, so a duplicate after the expected count shows.
+    Keeps the messages whose value passes ``keep``. Stops once ``expected``
+    were kept and no more came within a second, or when the timeout runs out,
+    so a duplicate after the expected count shows.
     """
     from confluent_kafka import Consumer
 
@@ -468,6 +482,8 @@ def consume(
             if message is None or message.error() is not None:
                 if len(messages) >= expected and time.monotonic() - quiet_since > 1:
                     break
+                continue
+            if not keep(message.value()):
                 continue
             quiet_since = time.monotonic()
             _, timestamp = message.timestamp()

@@ -79,7 +79,7 @@ def test_high_amount_hits_rule_with_reasons(
     served = run_scorer(explained_settings)
     caplog.set_level(logging.INFO, logger="services.scorer.decisions")
 
-    payload = served.score(body).json()
+    payload = served.decision(body)
 
     assert payload["decision"] in {"review", "block"}
     assert payload["rules"] == ["amount_cap"]
@@ -104,7 +104,7 @@ def test_allow_has_no_reasons(
 ) -> None:
     served = run_scorer(explained_settings)
 
-    payload = served.score(unique_transaction(stores, amount=5.0)).json()
+    payload = served.decision(unique_transaction(stores, amount=5.0))
     metrics = served.client.get("/metrics").text
 
     assert payload["decision"] == "allow"
@@ -132,7 +132,7 @@ def test_feature_age_is_newest_event_used(
     stores.seed_redis(events, labels)
     served = run_scorer(live_settings)
 
-    payload = served.score(body).json()
+    payload = served.decision(body)
 
     assert payload["feature_source"] == "redis"
     assert payload["feature_age_ms"] == 40_000
@@ -148,7 +148,7 @@ def test_feature_age_null_without_events(
     stores.seed_redis([], [TerminalLabel(1, "too-old", 1)])
     served = run_scorer(live_settings)
 
-    payload = served.score(body).json()
+    payload = served.decision(body)
 
     assert payload["feature_source"] == "redis"
     assert payload["feature_age_ms"] is None
@@ -175,7 +175,7 @@ def test_degraded_review_has_no_reasons(
         metrics=served.runtime.metrics,
     )
 
-    payload = served.score(unique_transaction(stores, amount=5.0)).json()
+    payload = served.decision(unique_transaction(stores, amount=5.0))
 
     assert payload["degraded"] is True
     assert payload["decision"] == "review"

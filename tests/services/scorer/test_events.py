@@ -52,9 +52,17 @@ def kafka_proxy(kafka_bootstrap: str) -> Iterator[TcpProxy]:
 def messages_of(
     topics: KafkaTopics, topic: str, ids: set[str], timeout: float = 30.0
 ) -> list[tuple[bytes, bytes, int]]:
-    """Consume ``topic`` and keep the messages of the given transaction ids."""
-    found = consume(topics.bootstrap, topic, 0, timeout_seconds=timeout)
-    return [m for m in found if orjson.loads(m[1])["transaction_id"] in ids]
+    """Consume ``topic`` and keep the messages of the given transaction ids.
+
+    Waits for one message per id, and a second more for duplicates.
+    """
+    return consume(
+        topics.bootstrap,
+        topic,
+        len(ids),
+        timeout_seconds=timeout,
+        keep=lambda value: orjson.loads(value)["transaction_id"] in ids,
+    )
 
 
 def wait_for_backlog(served: ServedScorer, expected: int) -> int:
@@ -72,7 +80,7 @@ def test_events_carry_records_keys_and_times(
 ) -> None:
     served = run_scorer(live_settings.model_copy(update=kafka_topics.settings_update()))
     body = unique_transaction(stores)
-    response = served.score(body).json()
+    response = served.decision(body)
     record = TransactionRecord.model_validate(body)
 
     assert wait_for_backlog(served, 0) == 0

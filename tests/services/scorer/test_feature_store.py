@@ -29,12 +29,19 @@ from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import SeededStores, ServedScorer, closed_port
 
 EVENT_MS = 1_712_400_123_456  # 2024-04-06T10:42:03.456Z, a Saturday
-TRANSACTION_ID = "tx-current-1"
 AMOUNT = 84.25
 
 
-def make_history() -> tuple[list[CustomerEvent], list[TerminalLabel]]:
+def transaction_id(stores: SeededStores) -> str:
+    """The id of the scored transaction: one per test, as decisions are kept."""
+    return f"tx-current-{stores.customer_id}"
+
+
+def make_history(
+    stores: SeededStores,
+) -> tuple[list[CustomerEvent], list[TerminalLabel]]:
     """Build a history around ``EVENT_MS`` with the window edges and ties covered."""
+    current = transaction_id(stores)
     rng = random.Random(11)
     events = [
         CustomerEvent(
@@ -48,9 +55,9 @@ def make_history() -> tuple[list[CustomerEvent], list[TerminalLabel]]:
     events += [
         CustomerEvent(window_start, "edge-out", 11.0),  # excluded: window is open
         CustomerEvent(window_start + 1, "edge-in", 12.5),
-        CustomerEvent(EVENT_MS, TRANSACTION_ID, AMOUNT),  # the request itself
+        CustomerEvent(EVENT_MS, current, AMOUNT),  # the request itself
         CustomerEvent(EVENT_MS, "9", 5.0),  # same ms, ordered before
-        CustomerEvent(EVENT_MS, "tx-current-1-later", 7.0),  # same ms, after
+        CustomerEvent(EVENT_MS, f"{current}-later", 7.0),  # same ms, after
         CustomerEvent(EVENT_MS + 1_000, "2000", 99.0),  # after
     ]
     labels = [
@@ -68,7 +75,7 @@ def make_history() -> tuple[list[CustomerEvent], list[TerminalLabel]]:
 
 def request_body(stores: SeededStores) -> dict[str, object]:
     return {
-        "transaction_id": TRANSACTION_ID,
+        "transaction_id": transaction_id(stores),
         "customer_id": stores.customer_id,
         "terminal_id": stores.terminal_id,
         "amount": AMOUNT,
@@ -77,9 +84,11 @@ def request_body(stores: SeededStores) -> dict[str, object]:
 
 
 def offline_features(
-    events: list[CustomerEvent], labels: list[TerminalLabel]
+    stores: SeededStores, events: list[CustomerEvent], labels: list[TerminalLabel]
 ) -> dict[str, float]:
-    return transaction_features(EVENT_MS, TRANSACTION_ID, AMOUNT, events, labels)
+    return transaction_features(
+        EVENT_MS, transaction_id(stores), AMOUNT, events, labels
+    )
 
 
 def test_query_covers_longest_window() -> None:
@@ -135,15 +144,15 @@ def test_redis_and_postgres_paths_match_offline(
     live_settings: ScorerSettings,
     stores: SeededStores,
 ) -> None:
-    events, labels = make_history()
+    events, labels = make_history(stores)
     stores.seed_redis(events, labels)
     stores.seed_postgres(events, labels)
     served = run_scorer(live_settings)
-    expected = offline_features(events, labels)
+    expected = offline_features(stores, events, labels)
 
-    from_redis = served.score(request_body(stores)).json()
+    from_redis = served.decision(request_body(stores))
     stores.flush_redis()
-    from_postgres = served.score(request_body(stores)).json()
+    from_postgres = served.decision(request_body(stores))
 
     assert from_redis["feature_source"] == "redis"
     assert from_postgres["feature_source"] == "postgres"
@@ -161,16 +170,16 @@ def test_existing_key_without_window_events_is_hit(
     live_settings: ScorerSettings,
     stores: SeededStores,
 ) -> None:
-    events, labels = make_history()
+    events, labels = make_history(stores)
     stale = [CustomerEvent(EVENT_MS - 35 * MS_PER_DAY, "stale", 3.0)]
     stores.seed_redis(stale, [])
     stores.seed_postgres(events, labels)
     served = run_scorer(live_settings)
 
-    payload = served.score(request_body(stores)).json()
+    payload = served.decision(request_body(stores))
 
     assert payload["feature_source"] == "redis"
-    assert payload["features"] == offline_features(stale, [])
+    assert payload["features"] == offline_features(stores, stale, [])
     assert payload["features"]["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 1.0
 
 
@@ -180,15 +189,15 @@ def test_terminal_key_alone_is_hit(
     live_settings: ScorerSettings,
     stores: SeededStores,
 ) -> None:
-    events, labels = make_history()
+    events, labels = make_history(stores)
     stores.seed_redis([], labels)
     stores.seed_postgres(events, labels)
     served = run_scorer(live_settings)
 
-    payload = served.score(request_body(stores)).json()
+    payload = served.decision(request_body(stores))
 
     assert payload["feature_source"] == "redis"
-    assert payload["features"] == offline_features([], labels)
+    assert payload["features"] == offline_features(stores, [], labels)
 
 
 @pytest.mark.integration
@@ -197,16 +206,16 @@ def test_redis_down_falls_back_to_postgres(
     live_settings: ScorerSettings,
     stores: SeededStores,
 ) -> None:
-    events, labels = make_history()
+    events, labels = make_history(stores)
     stores.seed_postgres(events, labels)
     closed = f"redis://127.0.0.1:{closed_port()}/0"
     served = run_scorer(live_settings.model_copy(update={"redis_url": closed}))
 
-    payload = served.score(request_body(stores)).json()
+    payload = served.decision(request_body(stores))
     ready = served.client.get("/readyz")
 
     assert payload["feature_source"] == "postgres"
-    assert payload["features"] == offline_features(events, labels)
+    assert payload["features"] == offline_features(stores, events, labels)
     assert ready.status_code == 200
     assert ready.json()["feature_store"] == "postgres"
 
@@ -222,11 +231,11 @@ def test_redis_miss_and_postgres_down_uses_default(
     served = run_scorer(live_settings.model_copy(update={"pg_dsn": closed}))
     served.runtime.install(served_model)
 
-    payload = served.score(request_body(stores)).json()
+    payload = served.decision(request_body(stores))
     ready = served.client.get("/readyz")
 
     assert payload["feature_source"] == "default"
-    assert payload["features"] == offline_features([], [])
+    assert payload["features"] == offline_features(stores, [], [])
     assert ready.status_code == 200
     assert ready.json()["feature_store"] == "redis"
 

@@ -158,7 +158,7 @@ def test_writer_copies_redis_claims_to_postgres(
     served = run_scorer(live_settings)
     body = unique_transaction(stores)
 
-    response = served.score(body).json()
+    response = served.decision(body)
 
     assert stored_rows(stores.dsn, str(body["transaction_id"])) == 1
     with psycopg.connect(stores.dsn, autocommit=True) as conn:

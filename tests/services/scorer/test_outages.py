@@ -84,7 +84,7 @@ def test_redis_and_postgres_outage_and_recovery(
     served = run_scorer(settings)
     sources = {}
 
-    sources["both up"] = served.score(first).json()["feature_source"]
+    sources["both up"] = served.decision(first)["feature_source"]
     private_redis.stop()
     redis_down = served.score(unique_transaction(stores))
     sources["redis down"] = redis_down.json()["feature_source"]
@@ -152,7 +152,7 @@ def test_degraded_policy_setting(
     served = run_scorer(settings)
     served.runtime.install(served_model)  # type: ignore[arg-type]
 
-    payload = served.score(
+    payload = served.decision(
         {
             "transaction_id": "t-1",
             "customer_id": "c",
@@ -160,7 +160,7 @@ def test_degraded_policy_setting(
             "amount": 1.0,
             "timestamp": "2024-04-06T10:00:00Z",
         }
-    ).json()
+    )
 
     assert payload["degraded"] is True
     assert payload["decision"] == expected

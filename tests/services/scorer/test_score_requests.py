@@ -163,7 +163,7 @@ def test_default_features_when_stores_down(
         record.event_ms, record.transaction_id, record.amount, [], []
     )
 
-    payload = served.score(VALID).json()
+    payload = served.decision(VALID)
 
     assert payload["feature_source"] == "default"
     assert list(payload["features"]) == list(MODEL_INPUTS)
@@ -174,7 +174,7 @@ def test_default_features_when_stores_down(
 
 
 def test_features_omitted_by_default(offline_scorer: ServedScorer) -> None:
-    payload = offline_scorer.score(VALID).json()
+    payload = offline_scorer.decision(VALID)
 
     assert "features" not in payload
     assert payload["feature_source"] == "default"
@@ -198,7 +198,7 @@ def test_threshold_setting_overrides_model(
     served = run_scorer(settings)
     served.runtime.install(ServedModel(scoring_model, None, (), None))
 
-    payload = served.score(VALID).json()
+    payload = served.decision(VALID)
 
     assert payload["probability"] < 1.0
     assert payload["decision"] == decision
