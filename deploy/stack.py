@@ -17,12 +17,14 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fraudcore.settings import REPO_ROOT, PlatformSettings
@@ -123,12 +125,23 @@ def _spawn(name: str, command: list[str], paths: Paths, user: str | None = None)
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            user=user,
+            **_identity(user),
         )
     _children[process.pid] = process
     paths.pid_file(name).write_text(f"{process.pid}\n")
     log.info("started %s (pid %d), log %s", name, process.pid, paths.log_file(name))
     return process.pid
+
+
+def _identity(user: str | None) -> dict[str, Any]:
+    """Arguments of subprocess that run a child as ``user`` with only its own group.
+
+    Without them the child keeps root's groups, and the group bits of a
+    root-owned directory then deny it what the bits for others would allow.
+    """
+    if user is None:
+        return {}
+    return {"user": user, "group": user, "extra_groups": []}
 
 
 def _wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
@@ -344,11 +357,34 @@ def _init_postgres(data_dir: Path, password_file: Path, user: str | None) -> Non
         # initdb refuses to run as root, so the cluster belongs to the postgres user.
         shutil.chown(data_dir, user=user)
         shutil.chown(password_file, user=user)
+        _let_user_reach(data_dir, user)
     command = [_pg_binary("initdb"), "-D", str(data_dir), "-U", "postgres"]
     command += ["--auth=scram-sha-256", f"--pwfile={password_file}", "-E", "UTF8"]
-    result = subprocess.run(command, capture_output=True, text=True, user=user)
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=data_dir, **_identity(user)
+    )
     if result.returncode != 0:
         raise StackError(f"initdb failed: {result.stdout}{result.stderr}")
+
+
+def _let_user_reach(path: Path, user: str) -> None:
+    """Grant search permission to others on the ancestors of ``path`` lacking it.
+
+    A checkout inside a private folder (``mktemp -d`` makes them 0700) hides the
+    cluster's data directory from the postgres user. Search permission alone
+    lets it reach the directory without listing anything on the way.
+    """
+    for ancestor in reversed(path.resolve().parents):
+        probe = subprocess.run(["test", "-x", str(ancestor)], **_identity(user))
+        if probe.returncode != 0:
+            log.warning(
+                "granting others search permission on %s so that the %s user "
+                "can reach %s",
+                ancestor,
+                user,
+                path,
+            )
+            ancestor.chmod(ancestor.stat().st_mode | stat.S_IXOTH)
 
 
 def _pg_answers(dsn: str) -> bool:
