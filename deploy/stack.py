@@ -266,13 +266,7 @@ def create_topics(settings: PlatformSettings) -> None:
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    names = [
-        settings.transactions_topic,
-        settings.labels_topic,
-        settings.decisions_topic,
-        settings.dead_letter_topic,
-        settings.late_events_topic,
-    ]
+    names = settings.topics()
     # Replayed events keep their original (years old) timestamps, and time-based
     # retention would delete them as soon as they land, so these topics are
     # bounded by size instead.

@@ -29,6 +29,8 @@ class PlatformSettings(BaseSettings):
     decisions_topic: str = "decisions"
     dead_letter_topic: str = "dead-letters"
     late_events_topic: str = "late-events"
+    # Online-store changes of the feature job, committed at its checkpoints.
+    online_changelog_topic: str = "online-changelog"
 
     # Prefix of every Redis key, so that several deployments can share a server.
     redis_prefix: str = "fraud"
@@ -64,10 +66,22 @@ class PlatformSettings(BaseSettings):
                 "decisions_topic": f"{prefix}-decisions",
                 "dead_letter_topic": f"{prefix}-dead-letters",
                 "late_events_topic": f"{prefix}-late-events",
+                "online_changelog_topic": f"{prefix}-online-changelog",
                 "redis_prefix": prefix,
                 "offline_store": offline_store,
             }
         )
+
+    def topics(self) -> list[str]:
+        """Return the names of every topic the platform uses."""
+        return [
+            self.transactions_topic,
+            self.labels_topic,
+            self.decisions_topic,
+            self.dead_letter_topic,
+            self.late_events_topic,
+            self.online_changelog_topic,
+        ]
 
     def environment(self) -> dict[str, str]:
         """Return the ``FRAUD_*`` variables that reproduce these settings."""

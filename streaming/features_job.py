@@ -7,10 +7,13 @@ Topology::
                           └─ offline store: labels/dt=…                    │
                                                    offline store: features/dt=…
 
-CustomerWindows writes each transaction, and TerminalWindows each label, to the
-online store (Redis and PostgreSQL) as it arrives. Invalid records go to the
-dead-letter topic, and events too far behind the watermark to the late-events
-topic (see docs/streaming.md).
+CustomerWindows writes each transaction, and TerminalWindows each label, to
+Redis as it arrives. Both also publish the same write to the online-store
+changelog through a transactional sink that commits at checkpoints. The loader
+of :mod:`streaming.online_loader` applies the committed changelog to PostgreSQL
+and Redis, so both stores survive a crash of the job as if it had not happened.
+Invalid records go to the dead-letter topic, and events too far behind the
+watermark to the late-events topic (see docs/streaming.md).
 
 Both window operators buffer their input until the watermark passes its event
 time and then process it in event-time order, so a transaction's features never
@@ -18,7 +21,9 @@ include anything that happened after it, whatever order Kafka delivered it in.
 The watermarks come from the Kafka record timestamps, which producers set to the
 event time.
 
-Run locally (embedded cluster) with ``python -m streaming.features_job``.
+Run locally (embedded cluster) with ``python -m streaming.features_job``, which
+also runs a loader in a thread; ``--from-checkpoint latest`` resumes from the
+newest completed checkpoint.
 
 NOTE: the job uses only the DataStream and Table APIs, so ``flink run -py`` can
 submit it to a Flink cluster, but that has not been run yet. The cluster then
@@ -71,9 +76,10 @@ from fraudcore.features import (
     TerminalLabelTuple,
 )
 from fraudcore.schema import decode_label, decode_transaction
-from fraudcore.settings import REPO_ROOT, PlatformSettings
+from fraudcore.settings import REPO_ROOT
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms, parse_timestamp_ms
-from streaming.online_writer import OnlineStoreWriter, ensure_schema
+from streaming.online_loader import LoaderSettings, start_in_thread
+from streaming.online_writer import OnlineStoreWriter, encode_change, ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,7 @@ LABEL_ROW = Types.ROW_NAMED(
 )
 
 
-class StreamJobSettings(PlatformSettings):
+class StreamJobSettings(LoaderSettings):
     """Settings of the feature job, read from ``FRAUD_*`` variables."""
 
     model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
@@ -110,8 +116,8 @@ class StreamJobSettings(PlatformSettings):
     # Events this far behind the watermark still count for the transactions
     # processed after them; events further behind go to the late-events topic.
     allowed_lateness_ms: int = 3_600_000
-    # Events buffered before the online-store writer flushes a batch; a partial
-    # batch is flushed after writer_flush_ms of processing time.
+    # Events buffered before the Redis writer flushes a batch; a partial batch
+    # is flushed after writer_flush_ms of processing time.
     writer_batch_size: int = 1_000
     writer_flush_ms: int = 200
 
@@ -120,6 +126,7 @@ class StreamJobSettings(PlatformSettings):
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 LATE_EVENTS = OutputTag("late-events", Types.STRING())
+ONLINE_CHANGES = OutputTag("online-changes", Types.STRING())
 
 
 def transaction_fields(raw: bytes) -> dict[str, Any]:
@@ -245,40 +252,41 @@ def _in_order(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _OnlineStoreWrites:
-    """Batches the online-store writes of one operator and flushes them on time.
+    """Writes one operator's events to Redis in batches, and to the changelog.
 
     A batch is flushed when it is full, or ``writer_flush_ms`` of processing time
-    after its first event, whichever comes first.
-
-    NOTE: Python operators get no call at checkpoints, so a batch still buffered
-    when the job dies is lost although its records count as consumed. This lasts
-    until the writes go through a sink that flushes at checkpoints.
+    after its first event, whichever comes first. Python operators get no call
+    at checkpoints, so a batch still buffered when the job dies is lost from
+    Redis. Its changelog records commit with the checkpoint and restore it.
     """
 
     def __init__(self, settings: StreamJobSettings) -> None:
         self._redis_url = settings.redis_url
-        self._pg_dsn = settings.pg_dsn
         self._prefix = settings.redis_prefix
         self._batch_size = settings.writer_batch_size
         self._flush_ms = settings.writer_flush_ms
         self.writer: OnlineStoreWriter | None = None
 
     def open(self) -> None:
-        self.writer = OnlineStoreWriter(self._redis_url, self._pg_dsn, self._prefix)
+        self.writer = OnlineStoreWriter(self._redis_url, None, self._prefix)
 
     def add_customer_event(
         self, ctx: Any, customer_id: str, event: CustomerEvent
-    ) -> None:
+    ) -> tuple[OutputTag, str]:
+        """Queue the event for Redis; returns its changelog record to yield."""
         assert self.writer is not None, "open() was not called"
         self.writer.add_customer_event(customer_id, event)
         self._added(ctx)
+        return ONLINE_CHANGES, encode_change("customer", customer_id, event)
 
     def add_terminal_label(
         self, ctx: Any, terminal_id: str, label: TerminalLabel
-    ) -> None:
+    ) -> tuple[OutputTag, str]:
+        """Queue the label for Redis; returns its changelog record to yield."""
         assert self.writer is not None, "open() was not called"
         self.writer.add_terminal_label(terminal_id, label)
         self._added(ctx)
+        return ONLINE_CHANGES, encode_change("terminal", terminal_id, label)
 
     def _added(self, ctx: Any) -> None:
         assert self.writer is not None
@@ -335,7 +343,7 @@ class CustomerWindows(KeyedProcessFunction):
         event = CustomerEvent(
             value["event_ms"], value["transaction_id"], value["amount"]
         )
-        self._writes.add_customer_event(ctx, value["customer_id"], event)
+        yield self._writes.add_customer_event(ctx, value["customer_id"], event)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -380,10 +388,11 @@ class TerminalWindows(KeyedCoProcessFunction):
     def close(self) -> None:
         self._writes.close()
 
-    def process_element1(self, value: dict[str, Any], ctx: Any) -> None:
+    def process_element1(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
         # Transactions passed the lateness check upstream and are never dropped here.
         self._pending_tx.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
+        yield from ()
 
     def process_element2(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
         watermark = ctx.timer_service().current_watermark()
@@ -394,7 +403,7 @@ class TerminalWindows(KeyedCoProcessFunction):
         label = (value["label_ms"], value["transaction_id"], value["fraud"])
         self._pending_labels.add(value["label_ms"], label)
         ctx.timer_service().register_event_time_timer(value["label_ms"])
-        self._writes.add_terminal_label(
+        yield self._writes.add_terminal_label(
             ctx, value["terminal_id"], TerminalLabel(*label)
         )
 
@@ -457,20 +466,45 @@ def _kafka_source(
     return builder.build()
 
 
+# Below the broker's transaction.max.timeout.ms (15 minutes by default), and
+# far above a checkpoint interval: a transaction stays open from one checkpoint
+# to the next.
+TRANSACTION_TIMEOUT_MS = 600_000
+
+
 def _kafka_sink(settings: StreamJobSettings, topic: str) -> KafkaSink:
-    serializer = (
-        KafkaRecordSerializationSchema.builder()
-        .set_topic(topic)
-        .set_value_serialization_schema(SimpleStringSchema())
-        .build()
-    )
-    # At least once: a dead letter or late event repeated after a restart
-    # repeats a report, it does not change any feature.
+    """Build an at-least-once sink for reports.
+
+    A dead letter or late event repeated after a restart repeats a report and
+    changes no feature.
+    """
     return (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
-        .set_record_serializer(serializer)
+        .set_record_serializer(_string_serializer(topic))
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .build()
+    )
+
+
+def _changelog_sink(settings: StreamJobSettings) -> KafkaSink:
+    """Build the transactional sink of online-store changes."""
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_record_serializer(_string_serializer(settings.online_changelog_topic))
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix(f"{settings.consumer_group}-online-changelog")
+        .set_property("transaction.timeout.ms", str(TRANSACTION_TIMEOUT_MS))
+        .build()
+    )
+
+
+def _string_serializer(topic: str) -> KafkaRecordSerializationSchema:
+    return (
+        KafkaRecordSerializationSchema.builder()
+        .set_topic(topic)
+        .set_value_serialization_schema(SimpleStringSchema())
         .build()
     )
 
@@ -522,6 +556,9 @@ def build_pipeline(
     with_customer.get_side_output(LATE_EVENTS).union(
         feature_rows.get_side_output(LATE_EVENTS)
     ).sink_to(_kafka_sink(settings, settings.late_events_topic)).name("late events")
+    with_customer.get_side_output(ONLINE_CHANGES).union(
+        feature_rows.get_side_output(ONLINE_CHANGES)
+    ).sink_to(_changelog_sink(settings)).name("online changelog")
 
     table_env = StreamTableEnvironment.create(env)
     statements = table_env.create_statement_set()
@@ -571,8 +608,15 @@ def _sql_type(type_info: Any) -> str:
     raise ValueError(f"no SQL type for {type_info}")
 
 
-def make_environment(settings: StreamJobSettings) -> StreamExecutionEnvironment:
-    """Create the execution environment with the connector jars and Python settings."""
+def make_environment(
+    settings: StreamJobSettings, restore_from: Path | None = None
+) -> StreamExecutionEnvironment:
+    """Create the execution environment with the connector jars and Python settings.
+
+    Args:
+        settings: the job's settings.
+        restore_from: a completed checkpoint to resume from, or None.
+    """
     from deploy.stack import flink_jars
 
     # Thread mode runs the Python operators inside the JVM, 3-4x faster than
@@ -596,6 +640,13 @@ def make_environment(settings: StreamJobSettings) -> StreamExecutionEnvironment:
     config.set_string(
         "execution.checkpointing.dir", settings.checkpoint_dir.resolve().as_uri()
     )
+    # A cancelled job can then resume too, not only a crashed one.
+    config.set_string(
+        "execution.checkpointing.externalized-checkpoint-retention",
+        "RETAIN_ON_CANCELLATION",
+    )
+    if restore_from is not None:
+        config.set_string("execution.state-recovery.path", restore_from.as_uri())
     config.set_string("restart-strategy.type", "none")
     config.set_string("rest.bind-address", "127.0.0.1")
     config.set_string("rest.address", "127.0.0.1")
@@ -604,12 +655,49 @@ def make_environment(settings: StreamJobSettings) -> StreamExecutionEnvironment:
     return env
 
 
-def run(settings: StreamJobSettings, bounded: bool) -> None:
-    """Build and run the job; with ``bounded`` it stops at the topics' current end."""
+def latest_checkpoint(checkpoint_dir: Path) -> Path:
+    """Return the newest completed checkpoint under ``checkpoint_dir``.
+
+    Checkpoints live in ``<job id>/chk-<n>``; a completed one contains ``_metadata``.
+
+    Raises:
+        FileNotFoundError: if there is none.
+    """
+    completed = list(checkpoint_dir.glob("*/chk-*/_metadata"))
+    if not completed:
+        raise FileNotFoundError(f"no completed checkpoint under {checkpoint_dir}")
+    return max(completed, key=lambda path: path.stat().st_mtime).parent
+
+
+def run(
+    settings: StreamJobSettings,
+    bounded: bool,
+    restore_from: Path | None = None,
+    with_loader: bool = True,
+) -> None:
+    """Build and run the job; with ``bounded`` it stops at the topics' current end.
+
+    Args:
+        settings: the job's settings.
+        bounded: stop after the records present at start-up.
+        restore_from: a completed checkpoint to resume from, or None.
+        with_loader: run an online loader in a thread of this process. In a
+            bounded run it applies every committed change before this returns.
+
+    Raises:
+        RuntimeError: if the loader stopped on an error.
+    """
     ensure_schema(settings.pg_dsn)
-    env = make_environment(settings)
+    loader, thread = start_in_thread(settings) if with_loader else (None, None)
+    env = make_environment(settings, restore_from)
     build_pipeline(env, settings, bounded).attach_as_datastream()
     env.execute("fraud-features")
+    if loader is None or thread is None:
+        return
+    loader.drain()
+    thread.join()
+    if loader.error is not None:
+        raise RuntimeError("the online loader stopped") from loader.error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -620,9 +708,42 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stop after the records present in the topics at start-up",
     )
+    parser.add_argument(
+        "--from-checkpoint",
+        metavar="PATH",
+        help="resume from this completed checkpoint, or 'latest' for the newest "
+        "one under FRAUD_CHECKPOINT_DIR",
+    )
+    parser.add_argument(
+        "--no-loader",
+        action="store_true",
+        help="do not run an online loader in this process",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(StreamJobSettings(), bounded=args.bounded)
+    # NOTE: the Kafka connector never ends a bounded source restored from a
+    # checkpoint (FLINK-31006), so a resumed job runs unbounded until that is
+    # fixed in the connector version of deploy/local/flink-pom.xml.
+    if args.bounded and args.from_checkpoint is not None:
+        parser.exit(
+            2,
+            "error: --bounded cannot be combined with --from-checkpoint, because a "
+            "restored bounded Kafka source never finishes; resume without --bounded\n",
+        )
+    settings = StreamJobSettings()
+    restore_from = None
+    if args.from_checkpoint == "latest":
+        try:
+            restore_from = latest_checkpoint(settings.checkpoint_dir)
+        except FileNotFoundError as exc:
+            parser.exit(2, f"error: {exc}\n")
+    elif args.from_checkpoint is not None:
+        restore_from = Path(args.from_checkpoint)
+        if not (restore_from / "_metadata").is_file():
+            parser.exit(2, f"error: {restore_from} is not a completed checkpoint\n")
+    if restore_from is not None:
+        log.info("resuming from checkpoint %s", restore_from)
+    run(settings, args.bounded, restore_from, with_loader=not args.no_loader)
     return 0
 
 

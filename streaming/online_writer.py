@@ -1,7 +1,12 @@
 """Writes each key's events to the online store: Redis, and PostgreSQL as its copy.
 
-Writes are idempotent (a sorted-set member and a primary key per transaction), so
-events replayed after a restart leave the store as it was.
+Writes are idempotent (a sorted-set member and a primary key per transaction)
+and commute: Redis trims each key relative to the newest event it holds, not to
+the newest event of the write. Writing the same events again, or in another
+order, leaves the store as writing them once in order does.
+
+The feature job also publishes every write as a changelog record (see
+:func:`encode_change`), which :mod:`streaming.online_loader` applies.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 
@@ -20,6 +26,7 @@ from fraudcore.features import STATE_RETENTION_MS, CustomerEvent, TerminalLabel
 log = logging.getLogger(__name__)
 
 TRIM_EVERY_FLUSHES = 200
+MEMBERS_PER_SCRIPT_CALL = 1_000
 
 # COPY into a temporary table, then one INSERT that skips rows already stored:
 # an order of magnitude faster than row-by-row inserts, and still idempotent.
@@ -45,6 +52,18 @@ ON CONFLICT DO NOTHING;
 """
 
 
+# Adds members to a sorted set, drops those older than the retention before the
+# newest member of the set, and renews the key's TTL.
+# ARGV: retention_ms, ttl_seconds, then score, member pairs.
+_ADD_TRIMMED = """
+redis.call('ZADD', KEYS[1], unpack(ARGV, 3))
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf',
+           '(' .. (tonumber(newest) - tonumber(ARGV[1])))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
+
 def ensure_schema(pg_dsn: str) -> None:
     """Create the online store's PostgreSQL tables if they are missing."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -56,15 +75,19 @@ class OnlineStoreWriter:
 
     Args:
         redis_url: URL of the Redis server.
-        pg_dsn: DSN of the PostgreSQL database holding the durable copy.
+        pg_dsn: DSN of the PostgreSQL database holding the durable copy, or
+            None to write Redis only.
         prefix: prefix of every Redis key.
     """
 
-    def __init__(self, redis_url: str, pg_dsn: str, prefix: str) -> None:
+    def __init__(self, redis_url: str, pg_dsn: str | None, prefix: str) -> None:
         self._redis = redis.Redis.from_url(redis_url)
-        self._pg = psycopg.connect(pg_dsn)
-        self._pg.execute(_STAGE_TABLES)
-        self._pg.commit()
+        self._add_trimmed = self._redis.register_script(_ADD_TRIMMED)
+        self._pg: psycopg.Connection[Any] | None = None
+        if pg_dsn is not None:
+            self._pg = psycopg.connect(pg_dsn)
+            self._pg.execute(_STAGE_TABLES)
+            self._pg.commit()
         self._prefix = prefix
         self._customers: list[tuple[str, CustomerEvent]] = []
         self._labels: list[tuple[str, TerminalLabel]] = []
@@ -91,7 +114,8 @@ class OnlineStoreWriter:
         """
         if not len(self):
             return
-        self._write_postgres()
+        if self._pg is not None:
+            self._write_postgres(self._pg)
         self._write_redis()
         for _, event in self._customers:
             self._newest_event_ms = max(self._newest_event_ms, event.event_ms)
@@ -100,16 +124,17 @@ class OnlineStoreWriter:
         self._customers.clear()
         self._labels.clear()
         self._flushes += 1
-        if self._flushes % TRIM_EVERY_FLUSHES == 0:
-            self._delete_expired_rows()
+        if self._pg is not None and self._flushes % TRIM_EVERY_FLUSHES == 0:
+            self._delete_expired_rows(self._pg)
 
     def close(self) -> None:
         """Flush and release the connections."""
         self.flush()
-        self._pg.close()
+        if self._pg is not None:
+            self._pg.close()
         self._redis.close()
 
-    def _delete_expired_rows(self) -> None:
+    def _delete_expired_rows(self, pg: psycopg.Connection[Any]) -> None:
         # Redis trims per key on every write. PostgreSQL trims in bulk, by the
         # newest event this writer has seen. Its rows are read only inside their
         # window, so rows of quiet keys kept a little longer change no feature.
@@ -117,12 +142,12 @@ class OnlineStoreWriter:
         label_cutoff = self._newest_label_ms - STATE_RETENTION_MS
         delete_events = "DELETE FROM customer_events WHERE event_ms < %s"
         delete_labels = "DELETE FROM terminal_labels WHERE label_ms < %s"
-        with self._pg.transaction():
-            self._pg.execute(delete_events, [event_cutoff])
-            self._pg.execute(delete_labels, [label_cutoff])
+        with pg.transaction():
+            pg.execute(delete_events, [event_cutoff])
+            pg.execute(delete_labels, [label_cutoff])
 
-    def _write_postgres(self) -> None:
-        with self._pg.transaction(), self._pg.cursor() as cursor:
+    def _write_postgres(self, pg: psycopg.Connection[Any]) -> None:
+        with pg.transaction(), pg.cursor() as cursor:
             with cursor.copy(_COPY_CUSTOMER_EVENTS) as copy:
                 for key, event in self._customers:
                     copy.write_row((key, *event))
@@ -137,13 +162,22 @@ class OnlineStoreWriter:
         for customer_id, events in customers.items():
             members = {store.encode_customer_member(e): e.event_ms for e in events}
             key = store.customer_key(self._prefix, customer_id)
-            _add_trimmed(pipe, key, members)
+            self._queue_add(pipe, key, members)
         labels = _group(self._labels)
         for terminal_id, known in labels.items():
             members = {store.encode_label_member(x): x.label_ms for x in known}
             key = store.terminal_key(self._prefix, terminal_id)
-            _add_trimmed(pipe, key, members)
+            self._queue_add(pipe, key, members)
         pipe.execute()
+
+    def _queue_add(self, pipe: Any, key: str, members: dict[str, int]) -> None:
+        pairs = list(members.items())
+        # Lua's unpack() takes a few thousand values at most.
+        for start in range(0, len(pairs), MEMBERS_PER_SCRIPT_CALL):
+            arguments: list[Any] = [STATE_RETENTION_MS, store.KEY_TTL_SECONDS]
+            for member, score in pairs[start : start + MEMBERS_PER_SCRIPT_CALL]:
+                arguments += [score, member]
+            self._add_trimmed(keys=[key], args=arguments, client=pipe)
 
 
 def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -153,8 +187,31 @@ def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
     return grouped
 
 
-def _add_trimmed(pipe: Any, key: str, members: dict[str, int]) -> None:
-    newest = max(members.values())
-    pipe.zadd(key, members)
-    pipe.zremrangebyscore(key, "-inf", f"({newest - STATE_RETENTION_MS}")
-    pipe.expire(key, store.KEY_TTL_SECONDS)
+def encode_change(kind: str, key: str, event: CustomerEvent | TerminalLabel) -> str:
+    """Encode one online-store write as a changelog record.
+
+    Args:
+        kind: ``"customer"`` for a customer event, ``"terminal"`` for a label.
+        key: the customer or terminal id.
+        event: the event, written as the list of its fields.
+    """
+    return orjson.dumps({"kind": kind, "key": key, "event": list(event)}).decode()
+
+
+def apply_change(writer: OnlineStoreWriter, raw: bytes | str) -> None:
+    """Queue the write of one changelog record in ``writer``.
+
+    Raises:
+        ValueError: if the record is not one :func:`encode_change` writes.
+    """
+    try:
+        change = orjson.loads(raw)
+        kind, key, fields = change["kind"], change["key"], change["event"]
+        if kind == "customer":
+            writer.add_customer_event(key, CustomerEvent(*fields))
+        elif kind == "terminal":
+            writer.add_terminal_label(key, TerminalLabel(*fields))
+        else:
+            raise ValueError(f"unknown change kind {kind!r}")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an online-store change record: {exc}") from exc

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,20 +42,27 @@ def base_settings() -> Iterator[PlatformSettings]:
     stack.down(settings, started)
 
 
+@contextmanager
+def database(base_dsn: str, name: str) -> Iterator[str]:
+    """Create the PostgreSQL database ``name`` for the block; yield its DSN."""
+    with psycopg.connect(base_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield base_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(base_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
+
+
 @pytest.fixture(scope="session")
 def pg_dsn(base_settings: PlatformSettings, run_id: str) -> Iterator[str]:
     """DSN of a PostgreSQL database created for this session and dropped after it."""
-    database = f"fraud_test_{run_id}"
-    with psycopg.connect(base_settings.pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    dsn = base_settings.pg_dsn.rsplit("/", 1)[0] + f"/{database}"
-    yield dsn
-    with psycopg.connect(base_settings.pg_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(database)
-            )
-        )
+    with database(base_settings.pg_dsn, f"fraud_test_{run_id}") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
@@ -84,26 +92,21 @@ def test_settings(
     )
     stack.create_topics(settings)
     yield settings
-    _delete_topics(settings)
-    _delete_redis_keys(settings)
+    delete_topics(settings)
+    delete_redis_keys(settings)
 
 
-def _delete_topics(settings: PlatformSettings) -> None:
+def delete_topics(settings: PlatformSettings) -> None:
+    """Delete every topic of ``settings``."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    topics = [
-        settings.transactions_topic,
-        settings.labels_topic,
-        settings.decisions_topic,
-        settings.dead_letter_topic,
-        settings.late_events_topic,
-    ]
-    for future in admin.delete_topics(topics).values():
+    for future in admin.delete_topics(settings.topics()).values():
         future.result(timeout=30)
 
 
-def _delete_redis_keys(settings: PlatformSettings) -> None:
+def delete_redis_keys(settings: PlatformSettings) -> None:
+    """Delete every Redis key under the prefix of ``settings``."""
     client = redis.Redis.from_url(settings.redis_url)
     batch = []
     for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
