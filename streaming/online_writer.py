@@ -15,7 +15,12 @@ import psycopg
 import redis
 
 from fraudcore import store
-from fraudcore.features import STATE_RETENTION_MS, CustomerEvent, TerminalLabel
+from fraudcore.features import (
+    STATE_RETENTION_MS,
+    CustomerEvent,
+    DeviceEvent,
+    TerminalLabel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +33,15 @@ CREATE TEMPORARY TABLE IF NOT EXISTS staged_customer_events
     (LIKE customer_events) ON COMMIT DELETE ROWS;
 CREATE TEMPORARY TABLE IF NOT EXISTS staged_terminal_labels
     (LIKE terminal_labels) ON COMMIT DELETE ROWS;
+CREATE TEMPORARY TABLE IF NOT EXISTS staged_device_events
+    (LIKE device_events) ON COMMIT DELETE ROWS;
 """
 _COPY_CUSTOMER_EVENTS = (
-    "COPY staged_customer_events (customer_id, event_ms, transaction_id, amount)"
+    "COPY staged_customer_events"
+    " (customer_id, event_ms, transaction_id, amount, terminal_id) FROM STDIN"
+)
+_COPY_DEVICE_EVENTS = (
+    "COPY staged_device_events (device_id, event_ms, transaction_id, customer_id)"
     " FROM STDIN"
 )
 _COPY_TERMINAL_LABELS = (
@@ -42,17 +53,46 @@ INSERT INTO customer_events SELECT * FROM staged_customer_events
 ON CONFLICT DO NOTHING;
 INSERT INTO terminal_labels SELECT * FROM staged_terminal_labels
 ON CONFLICT DO NOTHING;
+INSERT INTO device_events SELECT * FROM staged_device_events
+ON CONFLICT DO NOTHING;
+"""
+
+_TABLE_COLUMNS_SQL = """
+SELECT table_name, column_name FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = ANY(%s)
+ORDER BY table_name, ordinal_position
 """
 
 
+class StoreSchemaError(RuntimeError):
+    """Online-store table whose columns differ from ``store.PG_COLUMNS``."""
+
+
 def ensure_schema(pg_dsn: str) -> None:
-    """Create the online store's PostgreSQL tables if they are missing."""
+    """Create the online store's PostgreSQL tables, and check existing ones.
+
+    Raises:
+        StoreSchemaError: if a table exists with other columns, such as a
+            ``customer_events`` table of an older layout without ``terminal_id``.
+    """
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(store.PG_SCHEMA)
+        rows = conn.execute(_TABLE_COLUMNS_SQL, [list(store.PG_COLUMNS)]).fetchall()
+    found: dict[str, list[str]] = defaultdict(list)
+    for table, column in rows:
+        found[table].append(column)
+    for table, expected in store.PG_COLUMNS.items():
+        if tuple(found[table]) != expected:
+            raise StoreSchemaError(
+                f"table {table} has columns {found[table]}, expected "
+                f"{list(expected)}; it was created by another version. Drop it "
+                "(the feature job refills it when it reads the topics from the "
+                "start) or point FRAUD_PG_DSN at another database."
+            )
 
 
 class OnlineStoreWriter:
-    """Buffers customer events and terminal labels and writes them in batches.
+    """Buffers customer events, terminal labels and device events for batch writes.
 
     Args:
         redis_url: URL of the Redis server.
@@ -68,12 +108,13 @@ class OnlineStoreWriter:
         self._prefix = prefix
         self._customers: list[tuple[str, CustomerEvent]] = []
         self._labels: list[tuple[str, TerminalLabel]] = []
+        self._devices: list[tuple[str, DeviceEvent]] = []
         self._newest_event_ms = 0
         self._newest_label_ms = 0
         self._flushes = 0
 
     def __len__(self) -> int:
-        return len(self._customers) + len(self._labels)
+        return len(self._customers) + len(self._labels) + len(self._devices)
 
     def add_customer_event(self, customer_id: str, event: CustomerEvent) -> None:
         """Queue one transaction of a customer."""
@@ -82,6 +123,10 @@ class OnlineStoreWriter:
     def add_terminal_label(self, terminal_id: str, label: TerminalLabel) -> None:
         """Queue one known label of a terminal's transaction."""
         self._labels.append((terminal_id, label))
+
+    def add_device_event(self, device_id: str, event: DeviceEvent) -> None:
+        """Queue one transaction made on a device."""
+        self._devices.append((device_id, event))
 
     def flush(self) -> None:
         """Write everything queued to PostgreSQL, then to Redis.
@@ -93,12 +138,15 @@ class OnlineStoreWriter:
             return
         self._write_postgres()
         self._write_redis()
+        # Device events are the customer events of the same transactions, so the
+        # customer events' newest time serves both.
         for _, event in self._customers:
             self._newest_event_ms = max(self._newest_event_ms, event.event_ms)
         for _, label in self._labels:
             self._newest_label_ms = max(self._newest_label_ms, label.label_ms)
         self._customers.clear()
         self._labels.clear()
+        self._devices.clear()
         self._flushes += 1
         if self._flushes % TRIM_EVERY_FLUSHES == 0:
             self._delete_expired_rows()
@@ -117,9 +165,11 @@ class OnlineStoreWriter:
         label_cutoff = self._newest_label_ms - STATE_RETENTION_MS
         delete_events = "DELETE FROM customer_events WHERE event_ms < %s"
         delete_labels = "DELETE FROM terminal_labels WHERE label_ms < %s"
+        delete_devices = "DELETE FROM device_events WHERE event_ms < %s"
         with self._pg.transaction():
             self._pg.execute(delete_events, [event_cutoff])
             self._pg.execute(delete_labels, [label_cutoff])
+            self._pg.execute(delete_devices, [event_cutoff])
 
     def _write_postgres(self) -> None:
         with self._pg.transaction(), self._pg.cursor() as cursor:
@@ -129,6 +179,9 @@ class OnlineStoreWriter:
             with cursor.copy(_COPY_TERMINAL_LABELS) as copy:
                 for key, label in self._labels:
                     copy.write_row((key, *label))
+            with cursor.copy(_COPY_DEVICE_EVENTS) as copy:
+                for key, device_event in self._devices:
+                    copy.write_row((key, *device_event))
             cursor.execute(_MERGE_STAGED)
 
     def _write_redis(self) -> None:
@@ -142,6 +195,11 @@ class OnlineStoreWriter:
         for terminal_id, known in labels.items():
             members = {store.encode_label_member(x): x.label_ms for x in known}
             key = store.terminal_key(self._prefix, terminal_id)
+            _add_trimmed(pipe, key, members)
+        devices = _group(self._devices)
+        for device_id, events in devices.items():
+            members = {store.encode_device_member(e): e.event_ms for e in events}
+            key = store.device_key(self._prefix, device_id)
             _add_trimmed(pipe, key, members)
         pipe.execute()
 
