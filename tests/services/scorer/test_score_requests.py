@@ -160,7 +160,14 @@ def test_default_features_when_stores_down(
     served.runtime.install(ServedModel(scoring_model, None, (), None))
     record = TransactionRecord.model_validate(VALID)
     expected = transaction_features(
-        record.event_ms, record.transaction_id, record.amount, [], []
+        record.event_ms,
+        record.transaction_id,
+        record.amount,
+        [],
+        [],
+        customer_id=record.customer_id,
+        terminal_id=record.terminal_id,
+        device_id=record.device_id,
     )
 
     payload = served.decision(VALID)
