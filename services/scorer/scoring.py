@@ -249,6 +249,7 @@ def decide(
         record.amount,
         histories.customer,
         histories.terminal,
+        runtime.settings.feature_zone,
         customer_id=record.customer_id,
         terminal_id=record.terminal_id,
         device_id=record.device_id,

@@ -150,6 +150,21 @@ def test_score_accepts_integer_ids(offline_scorer: ServedScorer) -> None:
     assert response.json()["transaction_id"] == "4242"
 
 
+def test_calendar_features_use_feature_timezone(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    offline_settings: ScorerSettings,
+    scoring_model: ScoringModel,
+) -> None:
+    update = {"return_features": True, "feature_timezone": "Asia/Tokyo"}
+    served = run_scorer(offline_settings.model_copy(update=update))
+    served.runtime.install(ServedModel(scoring_model, None, (), None))
+
+    # 01:30 UTC is night in UTC and 10:30 in Tokyo.
+    payload = served.decision(VALID)
+
+    assert payload["features"]["TX_DURING_NIGHT"] == 0.0
+
+
 def test_default_features_when_stores_down(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     offline_settings: ScorerSettings,
