@@ -83,7 +83,7 @@ def reset_state(settings: PlatformSettings) -> None:
 
     ensure_schema(settings.pg_dsn)
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE customer_events, terminal_labels")
+        conn.execute("TRUNCATE customer_events, terminal_labels, device_events")
 
 
 def _wait_for_topics_gone(admin: Any, names: list[str]) -> None:

@@ -11,6 +11,18 @@ Semantics follow the fraud-detection handbook's baseline features:
 * terminal windows over transactions in ``(t - 7 - n days, t - 7 days]``, because
   labels become known 7 days after the transaction. A label event carries the
   time it became known, so the same set is the labels known in ``(t - n, t]``.
+
+Velocity and device features extend the baseline with the same window rules:
+
+* the seconds since the customer's previous transaction, looked for within the
+  longest window ``(t - 30 days, t]``;
+* the amount divided by the customer's 30-day mean amount;
+* the number of distinct terminals of the customer in ``(t - 1 day, t]``;
+* the device's transactions in ``(t - 1 day, t]`` and its distinct customers in
+  ``(t - 7 days, t]``, for transactions that carry a ``device_id``.
+
+"Previous" and "before" mean earlier in :func:`order_key`, and every count
+includes the current transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, tzinfo
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from fraudcore.timeutil import MS_PER_DAY, utc_datetime
 
@@ -55,26 +67,58 @@ TERMINAL_FEATURES = tuple(
 )
 BASELINE_FEATURES = CALENDAR_FEATURES + CUSTOMER_FEATURES + TERMINAL_FEATURES
 
+LONGEST_WINDOW_MS = max(WINDOW_DAYS) * MS_PER_DAY
+# History that a transaction's customer, velocity and device features read.
+MAX_LOOKBACK_DAYS = max(WINDOW_DAYS)
+TERMINAL_COUNT_WINDOW_DAYS = 1
+DEVICE_TX_WINDOW_DAYS = 1
+DEVICE_CUSTOMER_WINDOW_DAYS = 7
+DEVICE_LOOKBACK_DAYS = max(DEVICE_TX_WINDOW_DAYS, DEVICE_CUSTOMER_WINDOW_DAYS)
+DEVICE_LOOKBACK_MS = DEVICE_LOOKBACK_DAYS * MS_PER_DAY
+
+# Seconds since the previous transaction when the customer has none in the
+# longest window: the window's length, so the value only grows with the gap.
+NO_PREVIOUS_TX_SECONDS = LONGEST_WINDOW_MS / 1000
+# Amount-to-mean ratio when the 30-day mean is 0. Amounts are >= 0 and the mean
+# includes the current amount, so that happens only when the amount is 0 too.
+ZERO_MEAN_AMOUNT_RATIO = 1.0
+# Device features of a transaction without a device_id. Counts with a device
+# include the transaction itself, so 0 can mean only "no device".
+NO_DEVICE_COUNT = 0.0
+
+VELOCITY_FEATURES = (
+    "CUSTOMER_ID_SECONDS_SINCE_PREV_TX",
+    "CUSTOMER_ID_AMOUNT_TO_AVG_30DAY_RATIO",
+    "CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW",
+)
+DEVICE_FEATURES = (
+    "DEVICE_ID_NB_TX_1DAY_WINDOW",
+    "DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW",
+)
+
 # Model input order: the ONNX graph takes one float row in exactly this order.
-MODEL_INPUTS = ("TX_AMOUNT",) + BASELINE_FEATURES
+MODEL_INPUTS = ("TX_AMOUNT",) + BASELINE_FEATURES + VELOCITY_FEATURES + DEVICE_FEATURES
 
 
 # Event shapes the functions accept: the named tuples below or plain tuples.
-CustomerEventTuple = tuple[int, str, float]
+CustomerEventTuple = tuple[int, str, float, str]
 TerminalLabelTuple = tuple[int, str, int]
+DeviceEventTuple = tuple[int, str, str]
+EventT = TypeVar("EventT", CustomerEventTuple, DeviceEventTuple)
 
 
 class CustomerEvent(NamedTuple):
     """One past transaction of a customer, as kept in the online store.
 
     The functions below read events by position, so plain ``(event_ms,
-    transaction_id, amount)`` tuples work too: the stream job keeps those in its
-    state because they pickle several times faster than named tuples.
+    transaction_id, amount, terminal_id)`` tuples work too: the stream job keeps
+    those in its state because they pickle several times faster than named tuples.
     """
 
     event_ms: int
     transaction_id: str
     amount: float
+    terminal_id: str
 
 
 class TerminalLabel(NamedTuple):
@@ -88,6 +132,14 @@ class TerminalLabel(NamedTuple):
     fraud: int
 
 
+class DeviceEvent(NamedTuple):
+    """One past transaction made on a device; plain tuples work too."""
+
+    event_ms: int
+    transaction_id: str
+    customer_id: str
+
+
 def order_key(event_ms: int, transaction_id: str) -> tuple[int, int, str]:
     """Return the total order of transactions: event time, then identifier.
 
@@ -95,6 +147,19 @@ def order_key(event_ms: int, transaction_id: str) -> tuple[int, int, str]:
     Several transactions of one customer in the same millisecond are ordered by it.
     """
     return (event_ms, len(transaction_id), transaction_id)
+
+
+def _ordered_before(
+    event_ms: int, transaction_id: str, events: Iterable[EventT]
+) -> list[EventT]:
+    """Return the events ordered before the transaction by :func:`order_key`."""
+    current = order_key(event_ms, transaction_id)
+    return [
+        event
+        for event in events
+        if event[0] < event_ms
+        or (event[0] == event_ms and order_key(event[0], event[1]) < current)
+    ]
 
 
 def calendar_features(event_ms: int, zone: tzinfo = UTC) -> dict[str, float]:
@@ -117,13 +182,7 @@ def customer_features(
     ``history`` may contain the current transaction and events after it; both are
     skipped, and the current transaction is counted once from its own arguments.
     """
-    current = order_key(event_ms, transaction_id)
-    earlier = [
-        event
-        for event in history
-        if event[0] < event_ms
-        or (event[0] == event_ms and order_key(event[0], event[1]) < current)
-    ]
+    earlier = _ordered_before(event_ms, transaction_id, history)
     result: dict[str, float] = {}
     for days in WINDOW_DAYS:
         start = event_ms - days * MS_PER_DAY
@@ -135,6 +194,74 @@ def customer_features(
             amounts
         )
     return result
+
+
+def velocity_features(
+    event_ms: int,
+    transaction_id: str,
+    amount: float,
+    terminal_id: str,
+    history: Iterable[CustomerEventTuple],
+) -> dict[str, float]:
+    """Compute the customer's velocity features at ``event_ms``.
+
+    They are the seconds since the previous transaction in the longest window
+    (:data:`NO_PREVIOUS_TX_SECONDS` without one), ``amount`` over the 30-day mean
+    amount that :func:`customer_features` returns, and the distinct terminals of
+    the 1-day window. ``history`` is read as in :func:`customer_features`.
+    """
+    start = event_ms - LONGEST_WINDOW_MS
+    window = [
+        event
+        for event in _ordered_before(event_ms, transaction_id, history)
+        if event[0] > start
+    ]
+    previous_ms = max((event[0] for event in window), default=None)
+    if previous_ms is None:
+        seconds = NO_PREVIOUS_TX_SECONDS
+    else:
+        seconds = (event_ms - previous_ms) / 1000
+
+    amounts = [event[2] for event in window]
+    amounts.append(amount)
+    mean = math.fsum(amounts) / len(amounts)
+    ratio = amount / mean if mean > 0 else ZERO_MEAN_AMOUNT_RATIO
+
+    day_start = event_ms - TERMINAL_COUNT_WINDOW_DAYS * MS_PER_DAY
+    terminals = {event[3] for event in window if event[0] > day_start}
+    terminals.add(terminal_id)
+    return {
+        "CUSTOMER_ID_SECONDS_SINCE_PREV_TX": seconds,
+        "CUSTOMER_ID_AMOUNT_TO_AVG_30DAY_RATIO": ratio,
+        "CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW": float(len(terminals)),
+    }
+
+
+def device_features(
+    event_ms: int,
+    transaction_id: str,
+    customer_id: str,
+    device_id: str | None,
+    history: Iterable[DeviceEventTuple],
+) -> dict[str, float]:
+    """Compute the device's 1-day transaction count and 7-day distinct customers.
+
+    Both are :data:`NO_DEVICE_COUNT` when ``device_id`` is None. ``history``
+    contains the device's events and may contain the current transaction and
+    events after it, which are skipped.
+    """
+    if device_id is None:
+        return dict.fromkeys(DEVICE_FEATURES, NO_DEVICE_COUNT)
+    earlier = _ordered_before(event_ms, transaction_id, history)
+    tx_start = event_ms - DEVICE_TX_WINDOW_DAYS * MS_PER_DAY
+    customer_start = event_ms - DEVICE_CUSTOMER_WINDOW_DAYS * MS_PER_DAY
+    transactions = 1 + sum(1 for event in earlier if event[0] > tx_start)
+    customers = {event[2] for event in earlier if event[0] > customer_start}
+    customers.add(customer_id)
+    return {
+        "DEVICE_ID_NB_TX_1DAY_WINDOW": float(transactions),
+        "DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW": float(len(customers)),
+    }
 
 
 def terminal_features(
@@ -165,10 +292,22 @@ def transaction_features(
     customer_history: Iterable[CustomerEventTuple],
     terminal_labels: Iterable[TerminalLabelTuple],
     zone: tzinfo = UTC,
+    *,
+    customer_id: str,
+    terminal_id: str,
+    device_id: str | None = None,
+    device_history: Iterable[DeviceEventTuple] = (),
 ) -> dict[str, float]:
     """Compute all model inputs of one transaction, in ``MODEL_INPUTS`` order."""
+    customer_history = list(customer_history)
     named = {"TX_AMOUNT": amount}
     named |= calendar_features(event_ms, zone)
     named |= customer_features(event_ms, transaction_id, amount, customer_history)
     named |= terminal_features(event_ms, terminal_labels)
+    named |= velocity_features(
+        event_ms, transaction_id, amount, terminal_id, customer_history
+    )
+    named |= device_features(
+        event_ms, transaction_id, customer_id, device_id, device_history
+    )
     return {name: named[name] for name in MODEL_INPUTS}

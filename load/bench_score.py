@@ -154,9 +154,10 @@ def seed_redis(url: str, prefix: str, rng: np.random.Generator) -> SeededHistori
 def _customer_history(customer: int, rng: np.random.Generator) -> list[CustomerEvent]:
     offsets = rng.integers(60_000, 30 * MS_PER_DAY, size=EVENTS_PER_CUSTOMER)
     amounts = np.round(rng.gamma(2.0, 30.0, size=EVENTS_PER_CUSTOMER), 2)
+    terminals = rng.integers(0, TERMINALS, size=EVENTS_PER_CUSTOMER)
     return [
-        CustomerEvent(EVENT_MS - int(o), f"h{customer}-{i}", float(a))
-        for i, (o, a) in enumerate(zip(offsets, amounts, strict=True))
+        CustomerEvent(EVENT_MS - int(o), f"h{customer}-{i}", float(a), str(t))
+        for i, (o, a, t) in enumerate(zip(offsets, amounts, terminals, strict=True))
     ]
 
 
@@ -233,6 +234,8 @@ def feature_row(
         amount,
         histories.customers[customer],
         histories.terminals[terminal],
+        customer_id=str(customer),
+        terminal_id=str(terminal),
     )
     return list(features.values())
 

@@ -7,9 +7,24 @@ benchmark and an independent check of :mod:`fraudcore.features`.
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from fraudcore.features import LABEL_DELAY_DAYS, MODEL_INPUTS, WINDOW_DAYS
+from fraudcore.features import (
+    DEVICE_CUSTOMER_WINDOW_DAYS,
+    DEVICE_FEATURES,
+    DEVICE_TX_WINDOW_DAYS,
+    LABEL_DELAY_DAYS,
+    MODEL_INPUTS,
+    NO_DEVICE_COUNT,
+    NO_PREVIOUS_TX_SECONDS,
+    TERMINAL_COUNT_WINDOW_DAYS,
+    WINDOW_DAYS,
+    ZERO_MEAN_AMOUNT_RATIO,
+)
+
+IntArray = npt.NDArray[np.int64]
 
 
 def batch_features(transactions: pd.DataFrame) -> pd.DataFrame:
@@ -17,9 +32,11 @@ def batch_features(transactions: pd.DataFrame) -> pd.DataFrame:
 
     Parameters
     ----------
-    transactions : pandas.DataFrame of shape (n_transactions, 9)
+    transactions : pandas.DataFrame of shape (n_transactions, n_columns)
         Rows in the layout of ``transactions.parquet`` (TRANSACTION_ID,
-        TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD, ...).
+        TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD, ...), with
+        integer transaction ids. An optional ``DEVICE_ID`` column gives each
+        transaction's device, missing values meaning none.
 
     Returns
     -------
@@ -34,6 +51,8 @@ def batch_features(transactions: pd.DataFrame) -> pd.DataFrame:
     result["TX_DURING_NIGHT"] = (frame["TX_DATETIME"].dt.hour <= 6).astype(float)
     result = result.join(_customer_windows(frame))
     result = result.join(_terminal_windows(frame))
+    result = result.join(_velocity(frame, result))
+    result = result.join(_device_windows(frame))
     return result[["TRANSACTION_ID", *MODEL_INPUTS]]
 
 
@@ -76,3 +95,79 @@ def _terminal_windows(frame: pd.DataFrame) -> pd.DataFrame:
         columns[f"TERMINAL_ID_NB_TX_{days}DAY_WINDOW"] = window_count
         columns[f"TERMINAL_ID_RISK_{days}DAY_WINDOW"] = risk
     return pd.DataFrame(columns)
+
+
+def _velocity(frame: pd.DataFrame, customer: pd.DataFrame) -> pd.DataFrame:
+    ordered = frame.sort_values(
+        ["CUSTOMER_ID", "TX_DATETIME", "TRANSACTION_ID"], kind="stable"
+    )
+    gap = ordered.groupby("CUSTOMER_ID", sort=False)["TX_DATETIME"].diff()
+    seconds = gap.dt.total_seconds()
+    longest = pd.Timedelta(days=max(WINDOW_DAYS))
+    # Only a previous transaction inside the longest window counts.
+    seconds = seconds.where(gap < longest, NO_PREVIOUS_TX_SECONDS)
+
+    mean = customer[f"CUSTOMER_ID_AVG_AMOUNT_{max(WINDOW_DAYS)}DAY_WINDOW"]
+    ratio = (frame["TX_AMOUNT"] / mean.where(mean > 0)).fillna(ZERO_MEAN_AMOUNT_RATIO)
+
+    terminals = _distinct_in_window(
+        frame, "CUSTOMER_ID", "TERMINAL_ID", TERMINAL_COUNT_WINDOW_DAYS
+    )
+    return pd.DataFrame(
+        {
+            "CUSTOMER_ID_SECONDS_SINCE_PREV_TX": seconds.reindex(frame.index),
+            "CUSTOMER_ID_AMOUNT_TO_AVG_30DAY_RATIO": ratio,
+            "CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW": terminals,
+        }
+    )
+
+
+def _device_windows(frame: pd.DataFrame) -> pd.DataFrame:
+    result = pd.DataFrame(NO_DEVICE_COUNT, index=frame.index, columns=DEVICE_FEATURES)
+    if "DEVICE_ID" not in frame:
+        return result
+    with_device = frame[frame["DEVICE_ID"].notna()]
+    if with_device.empty:
+        return result
+    count, _ = _rolling(
+        with_device, "DEVICE_ID", "TX_AMOUNT", f"{DEVICE_TX_WINDOW_DAYS}D"
+    )
+    customers = _distinct_in_window(
+        with_device, "DEVICE_ID", "CUSTOMER_ID", DEVICE_CUSTOMER_WINDOW_DAYS
+    )
+    result.loc[with_device.index, "DEVICE_ID_NB_TX_1DAY_WINDOW"] = count
+    result.loc[with_device.index, "DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"] = customers
+    return result
+
+
+def _distinct_in_window(
+    frame: pd.DataFrame, key: str, value: str, days: int
+) -> pd.Series:
+    """Count the distinct ``value`` of each row's ``key`` over ``(t - days, t]``.
+
+    Only rows of the key up to the row itself, in (time, id) order, count. Each
+    row counts once for every later row of its key until the next row with the
+    same value, or until it leaves the window, whichever comes first. Those
+    spans are added up as +1/-1 steps and a running sum.
+    """
+    ordered = frame.sort_values([key, "TX_DATETIME", "TRANSACTION_ID"], kind="stable")
+    rows = np.arange(len(ordered))
+    group = ordered.groupby(key, sort=False).ngroup().to_numpy()
+    times = ordered["TX_DATETIME"].to_numpy("datetime64[ms]").astype(np.int64)
+
+    # Times rise within a group, and groups follow each other, so one sorted array
+    # of (group, time) pairs serves every group's search.
+    span = int(times.max() - times.min()) + days * 86_400_000 + 1
+    keys = group * span + (times - times.min())
+    left_window = np.searchsorted(keys, keys + days * 86_400_000, side="left")
+
+    pair = ordered.groupby([key, value], sort=False).ngroup().to_numpy()
+    next_same = pd.Series(rows).groupby(pair).shift(-1).to_numpy()
+    next_same = np.where(np.isnan(next_same), len(ordered), next_same).astype(np.int64)
+    ends = np.minimum(left_window, next_same)
+
+    steps = np.zeros(len(ordered) + 1, dtype=np.int64)
+    np.add.at(steps, rows, 1)
+    np.add.at(steps, ends, -1)
+    counts = np.cumsum(steps[:-1]).astype(float)
+    return pd.Series(counts, index=ordered.index).reindex(frame.index)

@@ -2,20 +2,26 @@
 
 Topology::
 
-    transactions ─ parse ─ keyBy(customer) ─ CustomerWindows ─┐ keyBy(terminal)
-    labels ─────── parse ─┬─ keyBy(terminal) ─────────────────────┴─ TerminalWindows
-                          └─ offline store: labels/dt=…                    │
-                                                   offline store: features/dt=…
+    transactions ─ parse ─ keyBy(customer) ─ CustomerWindows ─────────────┐
+                                                 └ with device_id:          │
+                                                   keyBy(device) ─ DeviceWindows
+                                                                            │
+                                                          union, keyBy(terminal)
+    labels ─────── parse ─┬─ keyBy(terminal) ──────────────────── TerminalWindows
+                          └─ offline store: labels/dt=…                     │
+                                                    offline store: features/dt=…
 
-CustomerWindows writes each transaction, and TerminalWindows each label, to
-Redis as it arrives. Both also publish the same write to the online-store
-changelog through a transactional sink that commits at checkpoints. The loader
-of :mod:`streaming.online_loader` applies the committed changelog to PostgreSQL
-and Redis, so both stores survive a crash of the job as if it had not happened.
+CustomerWindows writes each transaction (to its customer's and its device's
+events), and TerminalWindows each label, to Redis as it arrives. Both also
+publish the same write to the online-store changelog through a transactional
+sink that commits at checkpoints. The loader of :mod:`streaming.online_loader`
+applies the committed changelog to PostgreSQL and Redis, so both stores survive
+a crash of the job as if it had not happened. Transactions without a device_id
+get the device features' default in CustomerWindows and skip DeviceWindows.
 Invalid records go to the dead-letter topic, and events too far behind the
 watermark to the late-events topic (see docs/streaming.md).
 
-Both window operators buffer their input until the watermark passes its event
+The window operators buffer their input until the watermark passes its event
 time and then process it in event-time order, so a transaction's features never
 include anything that happened after it, whatever order Kafka delivered it in.
 The watermarks come from the Kafka record timestamps, which producers set to the
@@ -72,6 +78,8 @@ from fraudcore import features
 from fraudcore.features import (
     CustomerEvent,
     CustomerEventTuple,
+    DeviceEvent,
+    DeviceEventTuple,
     TerminalLabel,
     TerminalLabelTuple,
 )
@@ -127,6 +135,7 @@ class StreamJobSettings(LoaderSettings):
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 LATE_EVENTS = OutputTag("late-events", Types.STRING())
 ONLINE_CHANGES = OutputTag("online-changes", Types.STRING())
+WITH_DEVICE = OutputTag("with-device", Types.PICKLED_BYTE_ARRAY())
 
 
 def transaction_fields(raw: bytes) -> dict[str, Any]:
@@ -288,6 +297,15 @@ class _OnlineStoreWrites:
         self._added(ctx)
         return ONLINE_CHANGES, encode_change("terminal", terminal_id, label)
 
+    def add_device_event(
+        self, ctx: Any, device_id: str, event: DeviceEvent
+    ) -> tuple[OutputTag, str]:
+        """Queue the device event for Redis; returns its changelog record to yield."""
+        assert self.writer is not None, "open() was not called"
+        self.writer.add_device_event(device_id, event)
+        self._added(ctx)
+        return ONLINE_CHANGES, encode_change("device", device_id, event)
+
     def _added(self, ctx: Any) -> None:
         assert self.writer is not None
         if len(self.writer) >= self._batch_size:
@@ -306,10 +324,12 @@ class _OnlineStoreWrites:
 
 
 class CustomerWindows(KeyedProcessFunction):
-    """Adds customer and calendar features to each transaction, keyed by customer.
+    """Adds calendar, customer and velocity features to each transaction.
 
-    Also writes each transaction to the online store as it arrives, so the
-    scorer can read it before the watermark passes.
+    Keyed by customer. Also writes each transaction to the online store as it
+    arrives, so the scorer can read it before the watermark passes. Transactions
+    with a device_id leave through the ``WITH_DEVICE`` side output; the others
+    get the device features' default here.
     """
 
     def __init__(self, settings: StreamJobSettings) -> None:
@@ -341,27 +361,82 @@ class CustomerWindows(KeyedProcessFunction):
         self._pending.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
         event = CustomerEvent(
-            value["event_ms"], value["transaction_id"], value["amount"]
+            value["event_ms"],
+            value["transaction_id"],
+            value["amount"],
+            value["terminal_id"],
         )
         yield self._writes.add_customer_event(ctx, value["customer_id"], event)
+        if value["device_id"] is not None:
+            device_event = DeviceEvent(
+                value["event_ms"], value["transaction_id"], value["customer_id"]
+            )
+            yield self._writes.add_device_event(ctx, value["device_id"], device_event)
 
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self._writes.flush()
             return
         history: list[CustomerEventTuple] = self._history.value() or []
         for tx in _in_order(self._pending.pop(timestamp)):
-            ms, transaction_id, amount = (
+            ms, transaction_id, amount, terminal_id = (
                 tx["event_ms"],
                 tx["transaction_id"],
                 tx["amount"],
+                tx["terminal_id"],
             )
             tx |= features.calendar_features(ms, self._zone)
             tx |= features.customer_features(ms, transaction_id, amount, history)
-            history.append((ms, transaction_id, amount))
-            yield tx
+            tx |= features.velocity_features(
+                ms, transaction_id, amount, terminal_id, history
+            )
+            history.append((ms, transaction_id, amount, terminal_id))
+            if tx["device_id"] is None:
+                tx |= features.device_features(
+                    ms, transaction_id, tx["customer_id"], None, ()
+                )
+                yield tx
+            else:
+                yield WITH_DEVICE, tx
         # Late events up to the allowed lateness still need their whole window.
         start = timestamp - LONGEST_WINDOW_MS - self._allowed_lateness_ms
+        self._history.update([event for event in history if event[0] > start])
+
+
+class DeviceWindows(KeyedProcessFunction):
+    """Adds the device features to each transaction with a device_id, keyed by device.
+
+    CustomerWindows has written the device's events to the online store already.
+    """
+
+    def __init__(self, settings: StreamJobSettings) -> None:
+        self._allowed_lateness_ms = settings.allowed_lateness_ms
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
+        self._history = runtime_context.get_state(
+            ValueStateDescriptor("device-history", Types.PICKLED_BYTE_ARRAY())
+        )
+
+    def process_element(self, value: dict[str, Any], ctx: Any) -> None:
+        # Transactions passed the lateness check upstream and are never dropped here.
+        self._pending.add(value["event_ms"], value)
+        ctx.timer_service().register_event_time_timer(value["event_ms"])
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
+        history: list[DeviceEventTuple] = self._history.value() or []
+        for tx in _in_order(self._pending.pop(timestamp)):
+            ms, transaction_id, customer_id = (
+                tx["event_ms"],
+                tx["transaction_id"],
+                tx["customer_id"],
+            )
+            tx |= features.device_features(
+                ms, transaction_id, customer_id, tx["device_id"], history
+            )
+            history.append((ms, transaction_id, customer_id))
+            yield tx
+        start = timestamp - features.DEVICE_LOOKBACK_MS - self._allowed_lateness_ms
         self._history.update([event for event in history if event[0] > start])
 
 
@@ -547,8 +622,14 @@ def build_pipeline(
     with_customer = transactions.key_by(lambda tx: tx["customer_id"]).process(
         CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY()
     )
+    with_device = (
+        with_customer.get_side_output(WITH_DEVICE)
+        .key_by(lambda tx: tx["device_id"])
+        .process(DeviceWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+    )
     feature_rows = (
-        with_customer.key_by(lambda tx: tx["terminal_id"])
+        with_customer.union(with_device)
+        .key_by(lambda tx: tx["terminal_id"])
         .connect(labels.key_by(lambda label: label["terminal_id"]))
         .process(TerminalWindows(settings), output_type=FEATURE_ROW)
     )

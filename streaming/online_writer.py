@@ -21,7 +21,12 @@ import psycopg
 import redis
 
 from fraudcore import store
-from fraudcore.features import STATE_RETENTION_MS, CustomerEvent, TerminalLabel
+from fraudcore.features import (
+    STATE_RETENTION_MS,
+    CustomerEvent,
+    DeviceEvent,
+    TerminalLabel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,15 @@ CREATE TEMPORARY TABLE IF NOT EXISTS staged_customer_events
     (LIKE customer_events) ON COMMIT DELETE ROWS;
 CREATE TEMPORARY TABLE IF NOT EXISTS staged_terminal_labels
     (LIKE terminal_labels) ON COMMIT DELETE ROWS;
+CREATE TEMPORARY TABLE IF NOT EXISTS staged_device_events
+    (LIKE device_events) ON COMMIT DELETE ROWS;
 """
 _COPY_CUSTOMER_EVENTS = (
-    "COPY staged_customer_events (customer_id, event_ms, transaction_id, amount)"
+    "COPY staged_customer_events"
+    " (customer_id, event_ms, transaction_id, amount, terminal_id) FROM STDIN"
+)
+_COPY_DEVICE_EVENTS = (
+    "COPY staged_device_events (device_id, event_ms, transaction_id, customer_id)"
     " FROM STDIN"
 )
 _COPY_TERMINAL_LABELS = (
@@ -49,6 +60,14 @@ INSERT INTO customer_events SELECT * FROM staged_customer_events
 ON CONFLICT DO NOTHING;
 INSERT INTO terminal_labels SELECT * FROM staged_terminal_labels
 ON CONFLICT DO NOTHING;
+INSERT INTO device_events SELECT * FROM staged_device_events
+ON CONFLICT DO NOTHING;
+"""
+
+_TABLE_COLUMNS_SQL = """
+SELECT table_name, column_name FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = ANY(%s)
+ORDER BY table_name, ordinal_position
 """
 
 
@@ -64,14 +83,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
 
 
+class StoreSchemaError(RuntimeError):
+    """Online-store table whose columns differ from ``store.PG_COLUMNS``."""
+
+
 def ensure_schema(pg_dsn: str) -> None:
-    """Create the online store's PostgreSQL tables if they are missing."""
+    """Create the online store's PostgreSQL tables, and check existing ones.
+
+    Raises:
+        StoreSchemaError: if a table exists with other columns, such as a
+            ``customer_events`` table of an older layout without ``terminal_id``.
+    """
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(store.PG_SCHEMA)
+        rows = conn.execute(_TABLE_COLUMNS_SQL, [list(store.PG_COLUMNS)]).fetchall()
+    found: dict[str, list[str]] = defaultdict(list)
+    for table, column in rows:
+        found[table].append(column)
+    for table, expected in store.PG_COLUMNS.items():
+        if tuple(found[table]) != expected:
+            raise StoreSchemaError(
+                f"table {table} has columns {found[table]}, expected "
+                f"{list(expected)}; it was created by another version. Drop it "
+                "(the feature job refills it when it reads the topics from the "
+                "start) or point FRAUD_PG_DSN at another database."
+            )
 
 
 class OnlineStoreWriter:
-    """Buffers customer events and terminal labels and writes them in batches.
+    """Buffers customer events, terminal labels and device events for batch writes.
 
     Args:
         redis_url: URL of the Redis server.
@@ -91,12 +131,13 @@ class OnlineStoreWriter:
         self._prefix = prefix
         self._customers: list[tuple[str, CustomerEvent]] = []
         self._labels: list[tuple[str, TerminalLabel]] = []
+        self._devices: list[tuple[str, DeviceEvent]] = []
         self._newest_event_ms = 0
         self._newest_label_ms = 0
         self._flushes = 0
 
     def __len__(self) -> int:
-        return len(self._customers) + len(self._labels)
+        return len(self._customers) + len(self._labels) + len(self._devices)
 
     def add_customer_event(self, customer_id: str, event: CustomerEvent) -> None:
         """Queue one transaction of a customer."""
@@ -105,6 +146,10 @@ class OnlineStoreWriter:
     def add_terminal_label(self, terminal_id: str, label: TerminalLabel) -> None:
         """Queue one known label of a terminal's transaction."""
         self._labels.append((terminal_id, label))
+
+    def add_device_event(self, device_id: str, event: DeviceEvent) -> None:
+        """Queue one transaction made on a device."""
+        self._devices.append((device_id, event))
 
     def flush(self) -> None:
         """Write everything queued to PostgreSQL, then to Redis.
@@ -117,12 +162,15 @@ class OnlineStoreWriter:
         if self._pg is not None:
             self._write_postgres(self._pg)
         self._write_redis()
+        # Device events are the customer events of the same transactions, so the
+        # customer events' newest time serves both.
         for _, event in self._customers:
             self._newest_event_ms = max(self._newest_event_ms, event.event_ms)
         for _, label in self._labels:
             self._newest_label_ms = max(self._newest_label_ms, label.label_ms)
         self._customers.clear()
         self._labels.clear()
+        self._devices.clear()
         self._flushes += 1
         if self._pg is not None and self._flushes % TRIM_EVERY_FLUSHES == 0:
             self._delete_expired_rows(self._pg)
@@ -142,9 +190,11 @@ class OnlineStoreWriter:
         label_cutoff = self._newest_label_ms - STATE_RETENTION_MS
         delete_events = "DELETE FROM customer_events WHERE event_ms < %s"
         delete_labels = "DELETE FROM terminal_labels WHERE label_ms < %s"
+        delete_devices = "DELETE FROM device_events WHERE event_ms < %s"
         with pg.transaction():
             pg.execute(delete_events, [event_cutoff])
             pg.execute(delete_labels, [label_cutoff])
+            pg.execute(delete_devices, [event_cutoff])
 
     def _write_postgres(self, pg: psycopg.Connection[Any]) -> None:
         with pg.transaction(), pg.cursor() as cursor:
@@ -154,6 +204,9 @@ class OnlineStoreWriter:
             with cursor.copy(_COPY_TERMINAL_LABELS) as copy:
                 for key, label in self._labels:
                     copy.write_row((key, *label))
+            with cursor.copy(_COPY_DEVICE_EVENTS) as copy:
+                for key, device_event in self._devices:
+                    copy.write_row((key, *device_event))
             cursor.execute(_MERGE_STAGED)
 
     def _write_redis(self) -> None:
@@ -167,6 +220,11 @@ class OnlineStoreWriter:
         for terminal_id, known in labels.items():
             members = {store.encode_label_member(x): x.label_ms for x in known}
             key = store.terminal_key(self._prefix, terminal_id)
+            self._queue_add(pipe, key, members)
+        devices = _group(self._devices)
+        for device_id, events in devices.items():
+            members = {store.encode_device_member(e): e.event_ms for e in events}
+            key = store.device_key(self._prefix, device_id)
             self._queue_add(pipe, key, members)
         pipe.execute()
 
@@ -187,12 +245,15 @@ def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
     return grouped
 
 
-def encode_change(kind: str, key: str, event: CustomerEvent | TerminalLabel) -> str:
+def encode_change(
+    kind: str, key: str, event: CustomerEvent | TerminalLabel | DeviceEvent
+) -> str:
     """Encode one online-store write as a changelog record.
 
     Args:
-        kind: ``"customer"`` for a customer event, ``"terminal"`` for a label.
-        key: the customer or terminal id.
+        kind: ``"customer"``, ``"terminal"`` or ``"device"``, for a customer
+            event, a terminal's label or a device event.
+        key: the customer, terminal or device id.
         event: the event, written as the list of its fields.
     """
     return orjson.dumps({"kind": kind, "key": key, "event": list(event)}).decode()
@@ -211,6 +272,8 @@ def apply_change(writer: OnlineStoreWriter, raw: bytes | str) -> None:
             writer.add_customer_event(key, CustomerEvent(*fields))
         elif kind == "terminal":
             writer.add_terminal_label(key, TerminalLabel(*fields))
+        elif kind == "device":
+            writer.add_device_event(key, DeviceEvent(*fields))
         else:
             raise ValueError(f"unknown change kind {kind!r}")
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:

@@ -3,7 +3,8 @@
 Each transaction goes to the transactions topic keyed by customer, and its label
 to the labels topic keyed by terminal, with the label's event time set to the
 transaction time plus the label delay. Kafka record timestamps carry the event
-times, which is what the feature job's watermarks follow.
+times, which is what the feature job's watermarks follow. A ``DEVICE_ID`` column,
+when the frame has one, becomes the transactions' ``device_id``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def replay(
         if error is not None:
             failures.append(str(error))
 
+    devices = _device_ids(span)
     columns = zip(
         span["TRANSACTION_ID"].tolist(),
         span["CUSTOMER_ID"].tolist(),
@@ -105,10 +107,15 @@ def replay(
         span["TX_AMOUNT"].tolist(),
         span["TX_FRAUD"].tolist(),
         event_ms,
+        devices,
         strict=True,
     )
-    for count, (tx_id, customer, terminal, amount, fraud, ms) in enumerate(columns):
-        transaction, label = _records(tx_id, customer, terminal, amount, fraud, ms)
+    for count, (tx_id, customer, terminal, amount, fraud, ms, device) in enumerate(
+        columns
+    ):
+        transaction, label = _records(
+            tx_id, customer, terminal, amount, fraud, ms, device
+        )
         _produce(producer, settings.transactions_topic, transaction, on_delivery)
         _produce(producer, settings.labels_topic, label, on_delivery)
         if count % 100_000 == 0 and count:
@@ -122,8 +129,20 @@ def replay(
     return ReplayResult(len(span), len(span), first_day, last_day)
 
 
+def _device_ids(span: pd.DataFrame) -> list[str | None]:
+    if "DEVICE_ID" not in span:
+        return [None] * len(span)
+    return [None if pd.isna(d) else str(d) for d in span["DEVICE_ID"].tolist()]
+
+
 def _records(
-    tx_id: int, customer: int, terminal: int, amount: float, fraud: int, ms: int
+    tx_id: int,
+    customer: int,
+    terminal: int,
+    amount: float,
+    fraud: int,
+    ms: int,
+    device: str | None,
 ) -> tuple[TransactionRecord, LabelRecord]:
     timestamp = format_timestamp_ms(ms)
     transaction = TransactionRecord(
@@ -132,6 +151,7 @@ def _records(
         terminal_id=terminal,
         amount=amount,
         timestamp=timestamp,
+        device_id=device,
     )
     label = LabelRecord(
         transaction_id=tx_id,

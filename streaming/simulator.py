@@ -17,7 +17,12 @@ it can stand in for that data at any size. The generator is our own:
   of their transactions are multiplied by 5 in amount and are fraud. A window
   of n days starts on the day of the compromise.
 
-Run ``python -m streaming.simulator --out FILE.parquet`` to write a file.
+The handbook data has no devices. :func:`add_device_ids` adds a ``DEVICE_ID``
+column: most payments come from one of the customer's own devices, some from
+devices that several customers share, and some carry no device at all.
+
+Run ``python -m streaming.simulator --out FILE.parquet`` to write a file, with
+``--devices`` for the ``DEVICE_ID`` column.
 """
 
 from __future__ import annotations
@@ -83,6 +88,13 @@ SCENARIO_3_CUSTOMERS_PER_DAY = 3
 SCENARIO_3_DAYS = 14
 SCENARIO_3_SHARE_DENOMINATOR = 3
 SCENARIO_3_AMOUNT_FACTOR = 5
+
+# Device assignment of add_device_ids: shares of all transactions and the pools
+# the devices come from.
+NO_DEVICE_SHARE = 0.2
+SHARED_DEVICE_SHARE = 0.1
+DEVICES_PER_CUSTOMER = 2
+CUSTOMERS_PER_SHARED_DEVICE = 20
 
 # Stride of the (entity, day) keys that the scenario windows search in.
 _DAY_KEY_STRIDE = 1 << 32
@@ -254,6 +266,45 @@ def _simulate_genuine_columns(
     return _assemble_columns(
         start, customer_ids, terminal_ids, days, seconds_of_day, amounts
     )
+
+
+def add_device_ids(transactions: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Return a copy of ``transactions`` with a ``DEVICE_ID`` column.
+
+    Each transaction independently carries no device (share
+    :data:`NO_DEVICE_SHARE`), a shared device (share :data:`SHARED_DEVICE_SHARE`)
+    or one of the customer's :data:`DEVICES_PER_CUSTOMER` own devices. The shared
+    pool has one device per :data:`CUSTOMERS_PER_SHARED_DEVICE` distinct
+    customers, at least one, and any customer may use any of them.
+
+    Parameters
+    ----------
+    transactions : pandas.DataFrame of shape (n_transactions, n_columns)
+        Rows with an integer ``CUSTOMER_ID`` column.
+    seed : int
+        Non-negative seed. The same rows and seed give the same devices.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_transactions, n_columns + 1)
+        ``DEVICE_ID`` is text such as ``"c17-d1"`` (customer 17's second
+        device) or ``"shared-3"``, and None for transactions without a device.
+    """
+    rng = np.random.default_rng(_check_seed(seed))
+    customers = transactions["CUSTOMER_ID"].to_numpy()
+    n_shared = max(1, len(np.unique(customers)) // CUSTOMERS_PER_SHARED_DEVICE)
+    draw = rng.random(len(customers))
+    own = rng.integers(0, DEVICES_PER_CUSTOMER, size=len(customers))
+    shared = rng.integers(0, n_shared, size=len(customers))
+
+    devices = np.array(
+        [f"c{c}-d{d}" for c, d in zip(customers.tolist(), own.tolist(), strict=True)],
+        dtype=object,
+    )
+    is_shared = draw < NO_DEVICE_SHARE + SHARED_DEVICE_SHARE
+    devices[is_shared] = [f"shared-{i}" for i in shared[is_shared].tolist()]
+    devices[draw < NO_DEVICE_SHARE] = None
+    return transactions.assign(DEVICE_ID=devices)
 
 
 def draw_compromises(
@@ -752,6 +803,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=_non_negative_int, default=0, help="random seed, >= 0"
     )
+    parser.add_argument(
+        "--devices",
+        action="store_true",
+        help="add a DEVICE_ID column (see add_device_ids)",
+    )
     return parser
 
 
@@ -773,6 +829,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_days=args.days,
         seed=args.seed,
     )
+    if args.devices:
+        transactions = add_device_ids(transactions, seed=args.seed)
     transactions.to_parquet(args.out, compression="zstd", index=False)
 
     n_frauds = int(transactions["TX_FRAUD"].sum())

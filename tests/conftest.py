@@ -43,17 +43,17 @@ def base_settings() -> Iterator[PlatformSettings]:
 
 
 @contextmanager
-def database(base_dsn: str, name: str) -> Iterator[str]:
-    """Create the PostgreSQL database ``name`` for the block; yield its DSN."""
-    with psycopg.connect(base_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def created_database(settings: PlatformSettings, database: str) -> Iterator[str]:
+    """Create a PostgreSQL database, yield its DSN, and drop it afterwards."""
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     try:
-        yield base_dsn.rsplit("/", 1)[0] + f"/{name}"
+        yield settings.pg_dsn.rsplit("/", 1)[0] + f"/{database}"
     finally:
-        with psycopg.connect(base_dsn, autocommit=True) as conn:
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)
+                    sql.Identifier(database)
                 )
             )
 
@@ -61,7 +61,7 @@ def database(base_dsn: str, name: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg_dsn(base_settings: PlatformSettings, run_id: str) -> Iterator[str]:
     """DSN of a PostgreSQL database created for this session and dropped after it."""
-    with database(base_settings.pg_dsn, f"fraud_test_{run_id}") as dsn:
+    with created_database(base_settings, f"fraud_test_{run_id}") as dsn:
         yield dsn
 
 
@@ -132,6 +132,19 @@ class StreamedSpan:
     replayed: int
 
 
+def run_bounded_feature_job(settings: PlatformSettings, checkpoints: Path) -> None:
+    """Run the feature job until it has consumed what the topics contain now."""
+    environment = settings_environment(settings)
+    environment["FRAUD_CONSUMER_GROUP"] = f"{settings.redis_prefix}-features"
+    environment["FRAUD_CHECKPOINT_DIR"] = str(checkpoints)
+    subprocess.run(
+        [sys.executable, "-m", "streaming.features_job", "--bounded"],
+        env=environment,
+        check=True,
+        timeout=1800,
+    )
+
+
 @pytest.fixture(scope="session")
 def streamed_span(test_settings: PlatformSettings) -> StreamedSpan:
     """Replay the default span of the real dataset and run the feature job on it.
@@ -144,16 +157,40 @@ def streamed_span(test_settings: PlatformSettings) -> StreamedSpan:
         pytest.skip(f"the dataset {path} is not available")
     frame = replay.load_source(path, simulate_if_missing=False).frame
     result = replay.replay(test_settings, frame)
-    environment = settings_environment(test_settings)
-    environment["FRAUD_CONSUMER_GROUP"] = f"{test_settings.redis_prefix}-features"
-    environment["FRAUD_CHECKPOINT_DIR"] = str(
-        test_settings.offline_store.parent / "checkpoints"
-    )
-    subprocess.run(
-        [sys.executable, "-m", "streaming.features_job", "--bounded"],
-        env=environment,
-        check=True,
-        timeout=1800,
+    run_bounded_feature_job(
+        test_settings, test_settings.offline_store.parent / "checkpoints"
     )
     span = replay.select_span(frame, replay.DEFAULT_START, replay.DEFAULT_END)
     return StreamedSpan(test_settings, span, result.transactions)
+
+
+@pytest.fixture(scope="session")
+def simulated_span(
+    test_settings: PlatformSettings, run_id: str
+) -> Iterator[StreamedSpan]:
+    """Replay a small simulated span with device ids and run the feature job on it.
+
+    The dataset has no devices, so the device features are checked on these
+    rows: about a thousand transactions over 12 days, in topics, Redis keys, a
+    database and stores of their own, because their ids overlap the dataset's.
+    """
+    from streaming.simulator import add_device_ids, simulate_transactions
+
+    prefix = f"{test_settings.redis_prefix}-devices"
+    state = test_settings.offline_store.parent / "devices"
+    with created_database(test_settings, f"fraud_test_{run_id}_devices") as dsn:
+        settings = test_settings.namespaced(prefix, state / "offline")
+        settings = settings.model_copy(update={"pg_dsn": dsn})
+        stack.create_topics(settings)
+        try:
+            frame = simulate_transactions(
+                n_customers=40, n_terminals=60, n_days=12, seed=5, radius=30.0
+            )
+            frame = add_device_ids(frame, seed=5)
+            days = frame["TX_DATETIME"].dt.date
+            result = replay.replay(settings, frame, days.min(), days.max())
+            run_bounded_feature_job(settings, state / "checkpoints")
+            yield StreamedSpan(settings, frame, result.transactions)
+        finally:
+            delete_topics(settings)
+            delete_redis_keys(settings)

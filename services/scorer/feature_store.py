@@ -1,8 +1,10 @@
 """Event histories of one transaction: Redis first, then PostgreSQL, then empty.
 
 Both stores are read over the same window ``(t - 30 days, t]``, with ``t`` the
-transaction's event time in ms and 30 days the longest feature window. The
-customer's events and the terminal's labels come back in one round trip.
+transaction's event time in ms and 30 days the longest feature window, and the
+device's events over ``(t - 7 days, t]``, the longest device window. The
+customer's events, the terminal's labels and, for a transaction with a
+``device_id``, the device's events come back in one round trip.
 :func:`fraudcore.features.transaction_features` then skips the current
 transaction and anything ordered after it, so every source yields the features
 of the offline row.
@@ -15,7 +17,8 @@ back to PostgreSQL only when both keys miss, which is what a flushed, restarted
 or not yet filled Redis looks like. When only one key misses, that customer or
 terminal has no retained events (a new customer, or a terminal without known
 labels yet), and Redis is trusted, which keeps a PostgreSQL query off the path
-of every new customer. Redis errors and timeouts also fall back to PostgreSQL,
+of every new customer. A missing device key is trusted in the same way. Redis
+errors, timeouts and members of another layout also fall back to PostgreSQL,
 and a PostgreSQL failure leaves empty histories with the source ``default``.
 
 Each lookup has a deadline on the event loop's clock. Redis gets
@@ -38,13 +41,23 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from fraudcore.features import (
+    DEVICE_LOOKBACK_MS,
     WINDOW_DAYS,
     CustomerEvent,
     CustomerEventTuple,
+    DeviceEvent,
+    DeviceEventTuple,
     TerminalLabel,
     TerminalLabelTuple,
 )
-from fraudcore.store import customer_key, terminal_key
+from fraudcore.store import (
+    InvalidMemberError,
+    customer_key,
+    decode_customer_members,
+    decode_device_members,
+    device_key,
+    terminal_key,
+)
 from fraudcore.timeutil import MS_PER_DAY
 from services.scorer.logs import ThrottledWarning
 from services.scorer.metrics import ScorerMetrics
@@ -55,8 +68,13 @@ logger = logging.getLogger(__name__)
 LOOKBACK_MS = max(WINDOW_DAYS) * MS_PER_DAY
 
 CUSTOMER_EVENTS_SQL = """
-SELECT event_ms, transaction_id, amount FROM customer_events
+SELECT event_ms, transaction_id, amount, terminal_id FROM customer_events
 WHERE customer_id = %s AND event_ms > %s AND event_ms <= %s
+ORDER BY event_ms, transaction_id
+"""
+DEVICE_EVENTS_SQL = """
+SELECT event_ms, transaction_id, customer_id FROM device_events
+WHERE device_id = %s AND event_ms > %s AND event_ms <= %s
 ORDER BY event_ms, transaction_id
 """
 TERMINAL_LABELS_SQL = """
@@ -71,27 +89,43 @@ PG_FAILURES = (psycopg.Error, OSError, TimeoutError)
 
 @dataclass(frozen=True)
 class HistoryQuery:
-    """Keys and time window ``(start_ms, end_ms]`` of one lookup."""
+    """Keys and time window ``(start_ms, end_ms]`` of one lookup.
+
+    The device, when given, is read over ``(device_start_ms, end_ms]``.
+    """
 
     customer_id: str
     terminal_id: str
     start_ms: int
     end_ms: int
+    device_id: str | None = None
 
     @classmethod
     def for_transaction(
-        cls, customer_id: str, terminal_id: str, event_ms: int
+        cls,
+        customer_id: str,
+        terminal_id: str,
+        event_ms: int,
+        device_id: str | None = None,
     ) -> HistoryQuery:
         """Build the query that covers every feature window at ``event_ms``."""
-        return cls(customer_id, terminal_id, event_ms - LOOKBACK_MS, event_ms)
+        return cls(
+            customer_id, terminal_id, event_ms - LOOKBACK_MS, event_ms, device_id
+        )
+
+    @property
+    def device_start_ms(self) -> int:
+        """Start of the device's window, no earlier than ``start_ms``."""
+        return max(self.start_ms, self.end_ms - DEVICE_LOOKBACK_MS)
 
 
 @dataclass(frozen=True)
 class Histories:
-    """A customer's events and a terminal's known labels within the window."""
+    """A customer's events, a terminal's known labels and a device's events."""
 
     customer: Sequence[CustomerEventTuple] = field(default_factory=list)
     terminal: Sequence[TerminalLabelTuple] = field(default_factory=list)
+    device: Sequence[DeviceEventTuple] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -117,24 +151,31 @@ class Lookup:
     redis_responded: bool = False
 
 
-# One script call instead of a pipeline of five commands: the client packs and
-# parses one command, which costs less CPU per request than five. Scores come
-# back as strings, members as bytes. With a third key the script also claims
-# the transaction id: SET NX GET stores the pending marker ARGV[3] for ARGV[4]
-# seconds and returns nil, or returns the value stored before and changes
-# nothing.
-# NOTE: the script reads keys of two entities. Redis Cluster allows that only
-# when they hash to one slot, so the scorer needs a single Redis server.
+# One script call instead of a pipeline of up to seven commands: the client
+# packs and parses one command, which costs less CPU per request. Scores come
+# back as strings, members as bytes. ARGV[3] is the number of device keys (0 or
+# 1) after the two history keys, and ARGV[4] the start of the device window.
+# With one more key the script also claims the transaction id: SET NX GET
+# stores the pending marker ARGV[5] for ARGV[6] seconds and returns nil, or
+# returns the value stored before and changes nothing.
+# NOTE: the script reads keys of several entities. Redis Cluster allows that
+# only when they hash to one slot, so the scorer needs a single Redis server.
 LOOKUP_SCRIPT = """
 local has_customer = redis.call('EXISTS', KEYS[1])
 local has_terminal = redis.call('EXISTS', KEYS[2])
 local events = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
 local labels = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], ARGV[2], 'WITHSCORES')
-local stored = false
-if KEYS[3] then
-    stored = redis.call('SET', KEYS[3], ARGV[3], 'NX', 'GET', 'EX', ARGV[4])
+local device_keys = tonumber(ARGV[3])
+local devices = {}
+if device_keys == 1 then
+    devices = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[4], ARGV[2], 'WITHSCORES')
 end
-return {has_customer, has_terminal, events, labels, stored}
+local stored = false
+local claim_key = KEYS[3 + device_keys]
+if claim_key then
+    stored = redis.call('SET', claim_key, ARGV[5], 'NX', 'GET', 'EX', ARGV[6])
+end
+return {has_customer, has_terminal, events, labels, devices, stored}
 """
 
 
@@ -150,41 +191,40 @@ class ClaimRequest:
 async def read_redis(
     script: AsyncScript, prefix: str, query: HistoryQuery, claim: ClaimRequest | None
 ) -> RedisReply:
-    """Read both histories, and claim the transaction id, in one round trip.
+    """Read the histories, and claim the transaction id, in one round trip.
 
     ``script`` is :data:`LOOKUP_SCRIPT` registered on the client. ``histories``
-    is None when neither history key exists (a miss). ``stored_decision`` is
-    None when the claim succeeded, else the value stored before.
+    is None when neither the customer nor the terminal key exists (a miss).
+    ``stored_decision`` is None when the claim succeeded, else the value stored
+    before.
+
+    Raises:
+        InvalidMemberError: if a customer or device member has another layout.
     """
     keys = [
         customer_key(prefix, query.customer_id),
         terminal_key(prefix, query.terminal_id),
     ]
+    device_keys = 0
+    if query.device_id is not None:
+        keys.append(device_key(prefix, query.device_id))
+        device_keys = 1
     args: list[str | int | bytes] = [f"({query.start_ms}", query.end_ms]
+    args += [device_keys, f"({query.device_start_ms}"]
     if claim is not None:
         keys.append(claim.key)
         args += [claim.marker, claim.ttl_seconds]
     reply = await script(keys=keys, args=args)
-    has_customer, has_terminal, events, labels, stored = reply
+    has_customer, has_terminal, events, labels, devices, stored = reply
 
     if not has_customer and not has_terminal:
         return RedisReply(None, stored)
     histories = Histories(
-        customer=_customer_events(events), terminal=_terminal_labels(labels)
+        customer=decode_customer_members(events),
+        terminal=_terminal_labels(labels),
+        device=decode_device_members(devices),
     )
     return RedisReply(histories, stored)
-
-
-def _customer_events(flat: list[bytes]) -> list[CustomerEventTuple]:
-    # Same decoding as fraudcore.store.decode_customer_member, into plain
-    # tuples, which the feature functions accept and which build faster.
-    events: list[CustomerEventTuple] = []
-    append = events.append
-    pairs = iter(flat)
-    for member, score in zip(pairs, pairs, strict=True):
-        transaction_id, _, amount = member.rpartition(b"|")
-        append((int(float(score)), transaction_id.decode(), float(amount)))
-    return events
 
 
 def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
@@ -201,8 +241,9 @@ def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
 async def read_postgres(
     pool: AsyncConnectionPool, query: HistoryQuery, timeout_seconds: float
 ) -> Histories:
-    """Read both histories from PostgreSQL, both queries in one pipeline."""
+    """Read the histories from PostgreSQL, every query in one pipeline."""
     window = (query.start_ms, query.end_ms)
+    device_rows = []
     async with pool.connection(timeout=timeout_seconds) as conn:
         async with conn.pipeline():
             events = await conn.execute(
@@ -211,15 +252,27 @@ async def read_postgres(
             labels = await conn.execute(
                 TERMINAL_LABELS_SQL, (query.terminal_id, *window)
             )
+            if query.device_id is not None:
+                device_window = (query.device_start_ms, query.end_ms)
+                devices = await conn.execute(
+                    DEVICE_EVENTS_SQL, (query.device_id, *device_window)
+                )
             event_rows = await events.fetchall()
             label_rows = await labels.fetchall()
+            if query.device_id is not None:
+                device_rows = await devices.fetchall()
 
     return Histories(
         customer=[
-            CustomerEvent(int(ms), str(tx), float(amt)) for ms, tx, amt in event_rows
+            CustomerEvent(int(ms), str(tx), float(amount), str(terminal))
+            for ms, tx, amount, terminal in event_rows
         ],
         terminal=[
             TerminalLabel(int(ms), str(tx), int(fraud)) for ms, tx, fraud in label_rows
+        ],
+        device=[
+            DeviceEvent(int(ms), str(tx), str(customer))
+            for ms, tx, customer in device_rows
         ],
     )
 
@@ -285,6 +338,14 @@ class HistoryLookup:
             # rather than being shed (see docs/benchmarks.md, section Scorer).
             async with asyncio.timeout(budget):
                 return await read_redis(self._script, self._prefix, query, claim)
+        except InvalidMemberError:
+            # The message would contain the member, and with it identifiers.
+            self._metrics.errors.labels(kind="redis_invalid_member").inc()
+            self._redis_warning.warn(
+                "redis returned members of another layout, falling back to "
+                "postgresql; rebuild the online store with the feature job"
+            )
+            return None
         except REDIS_FAILURES as exc:
             self._metrics.errors.labels(kind="redis_unavailable").inc()
             self._redis_warning.warn(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,20 +51,19 @@ def feature_age_ms(
 ) -> int | None:
     """Return ``event_ms`` minus the newest event time that the features used.
 
-    The events used are the customer's transactions ordered before this one and
-    the terminal's labels known at ``event_ms``, all within the longest window.
-    None when there are none. Both histories are sorted by time, as Redis and
-    the PostgreSQL queries return them, so the scan from the end stops early.
+    The events used are the customer's and the device's transactions ordered
+    before this one and the terminal's labels known at ``event_ms``, all within
+    the longest window. None when there are none. The histories are sorted by
+    time, as Redis and the PostgreSQL queries return them, so the scans from the
+    end stop early.
     """
     start = event_ms - LOOKBACK_MS
     current = order_key(event_ms, transaction_id)
     newest = None
-    for event in reversed(histories.customer):
-        if event[0] <= start:
-            break
-        if order_key(event[0], event[1]) < current:
-            newest = event[0]
-            break
+    for events in (histories.customer, histories.device):
+        found = _newest_before(events, start, current)
+        if found is not None:
+            newest = found if newest is None else max(newest, found)
     for label in reversed(histories.terminal):
         if label[0] <= start:
             break
@@ -71,6 +71,17 @@ def feature_age_ms(
             newest = label[0] if newest is None else max(newest, label[0])
             break
     return None if newest is None else event_ms - newest
+
+
+def _newest_before(
+    events: Sequence[tuple[Any, ...]], start: int, current: tuple[int, int, str]
+) -> int | None:
+    for event in reversed(events):
+        if event[0] <= start:
+            return None
+        if order_key(event[0], event[1]) < current:
+            return int(event[0])
+    return None
 
 
 def judge(
@@ -180,7 +191,7 @@ async def score_transaction(
 
     lookup = await runtime.histories.fetch(
         HistoryQuery.for_transaction(
-            record.customer_id, record.terminal_id, record.event_ms
+            record.customer_id, record.terminal_id, record.event_ms, record.device_id
         ),
         deadline=arrived + budget * FEATURE_BUDGET_SHARE,
         claim=runtime.decisions.claim_request(record.transaction_id, digest),
@@ -238,6 +249,11 @@ def decide(
         record.amount,
         histories.customer,
         histories.terminal,
+        runtime.settings.feature_zone,
+        customer_id=record.customer_id,
+        terminal_id=record.terminal_id,
+        device_id=record.device_id,
+        device_history=histories.device,
     )
     verdict = judge(runtime, served, policy, features, lookup.source == "default")
     decided_ms = time.time_ns() // 1_000_000

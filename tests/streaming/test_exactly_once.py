@@ -38,9 +38,9 @@ from fraudcore.schema import LabelRecord, TransactionRecord, encode
 from fraudcore.settings import PlatformSettings
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from streaming import replay
-from streaming.simulator import simulate_transactions
+from streaming.simulator import add_device_ids, simulate_transactions
 from tests.conftest import (
-    database,
+    created_database,
     delete_redis_keys,
     delete_topics,
     settings_environment,
@@ -56,11 +56,11 @@ RUN_TIMEOUT_SECONDS = 600
 
 @pytest.fixture(scope="module")
 def transactions() -> pd.DataFrame:
-    """About 22,000 generated transactions over 40 days."""
+    """About 22,000 generated transactions over 40 days, most with a device."""
     frame = simulate_transactions(
         n_customers=300, n_terminals=600, start_date=FIRST_DAY, n_days=40, seed=7
     )
-    return replay.select_span(frame, FIRST_DAY, LAST_DAY)
+    return replay.select_span(add_device_ids(frame, seed=7), FIRST_DAY, LAST_DAY)
 
 
 def _run_settings(
@@ -84,7 +84,7 @@ def runs(
         settings = []
         for name in ("whole", "killed"):
             name_of_db = f"fraud_test_{run_id}_{name}"
-            dsn = cleanup.enter_context(database(base_settings.pg_dsn, name_of_db))
+            dsn = cleanup.enter_context(created_database(base_settings, name_of_db))
             each = _run_settings(test_settings, name, dsn)
             cleanup.callback(delete_redis_keys, each)
             cleanup.callback(delete_topics, each)
@@ -245,7 +245,7 @@ def _postgres_contents(settings: PlatformSettings) -> dict[str, list[tuple]]:
                     sql.Identifier(table)
                 )
             ).fetchall()
-            for table in ("customer_events", "terminal_labels")
+            for table in ("customer_events", "terminal_labels", "device_events")
         }
 
 

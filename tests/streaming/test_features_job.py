@@ -1,6 +1,8 @@
-"""The feature job's offline rows against the handbook's reference features.
+"""The feature job's offline rows against reference features.
 
-Runs the real job on the real Kafka broker (see the ``streamed_span`` fixture).
+The baseline features are compared with the handbook's reference file, and every
+model input with the pandas batch reference. Runs the real job on the real Kafka
+broker (see the ``streamed_span`` and ``simulated_span`` fixtures).
 """
 
 from __future__ import annotations
@@ -10,7 +12,14 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from fraudcore.features import BASELINE_FEATURES
+from fraudcore.features import (
+    BASELINE_FEATURES,
+    DEVICE_FEATURES,
+    MODEL_INPUTS,
+    NO_DEVICE_COUNT,
+    VELOCITY_FEATURES,
+)
+from streaming.batch_features import batch_features
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +82,49 @@ def test_features_job_matches_reference_except_ties(streamed_span, compared):
 
 def test_features_job_matches_reference_amounts(compared):
     np.testing.assert_array_equal(compared["TX_AMOUNT"], compared["TX_AMOUNT_ref"])
+
+
+def compare_with_batch(span, names) -> pd.DataFrame:
+    """Return the offline rows whose ``names`` differ from the batch reference."""
+    expected = batch_features(span.transactions)
+    expected["transaction_id"] = expected["TRANSACTION_ID"].astype(str)
+    offline = read_offline_features(span)
+    merged = expected.merge(
+        offline, on="transaction_id", how="outer", suffixes=("_batch", "")
+    )
+    assert len(merged) == len(expected) == len(offline)
+    bad = np.zeros(len(merged), dtype=bool)
+    for name in names:
+        bad |= ~np.isclose(
+            merged[name].to_numpy(float),
+            merged[f"{name}_batch"].to_numpy(float),
+            rtol=1e-9,
+            atol=1e-9,
+        )
+    return merged.loc[bad, ["transaction_id", *names]]
+
+
+def test_features_job_velocity_matches_batch(streamed_span):
+    # Both order ties by (time, id), so same-second ties must match too.
+    differing = compare_with_batch(streamed_span, VELOCITY_FEATURES)
+    assert differing.empty, differing.head(20)
+
+
+def test_features_job_no_device_defaults(streamed_span):
+    offline = read_offline_features(streamed_span)
+    assert offline["device_id"].isna().all()
+    assert (offline[list(DEVICE_FEATURES)] == NO_DEVICE_COUNT).all(axis=None)
+
+
+def test_features_job_simulated_matches_batch(simulated_span):
+    differing = compare_with_batch(simulated_span, MODEL_INPUTS)
+    assert differing.empty, differing.head(20)
+
+
+def test_features_job_simulated_covers_devices(simulated_span):
+    offline = read_offline_features(simulated_span)
+    with_device = offline["device_id"].notna()
+    assert with_device.any()
+    assert not with_device.all()
+    assert offline["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"].max() > 1
+    assert offline["DEVICE_ID_NB_TX_1DAY_WINDOW"].max() > 1

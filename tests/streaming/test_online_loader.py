@@ -12,9 +12,14 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from fraudcore.features import STATE_RETENTION_MS, CustomerEvent, TerminalLabel
+from fraudcore.features import (
+    STATE_RETENTION_MS,
+    CustomerEvent,
+    DeviceEvent,
+    TerminalLabel,
+)
 from fraudcore.settings import PlatformSettings
-from fraudcore.store import customer_key, terminal_key
+from fraudcore.store import customer_key, device_key, terminal_key
 from streaming.online_loader import LoaderSettings, OnlineLoader
 from streaming.online_writer import (
     OnlineStoreWriter,
@@ -22,7 +27,7 @@ from streaming.online_writer import (
     encode_change,
     ensure_schema,
 )
-from tests.conftest import database, delete_redis_keys
+from tests.conftest import created_database, delete_redis_keys
 
 DAY_MS = 86_400_000
 START_MS = 1_530_000_000_000
@@ -31,14 +36,21 @@ Change = tuple[str, str, CustomerEvent | TerminalLabel]
 
 
 def make_changes(count: int, seed: int) -> list[Change]:
-    """Changes of a few customers and terminals over 60 days, so some expire."""
+    """Changes of a few customers, terminals and devices over 60 days.
+
+    The span exceeds the retention, so trimming drops some of them.
+    """
     rng = random.Random(seed)
     changes: list[Change] = []
     for i in range(count):
         ms = START_MS + rng.randrange(60 * DAY_MS)
         if i % 2:
-            event = CustomerEvent(ms, f"tx-{i}", round(rng.uniform(1, 300), 2))
+            amount = round(rng.uniform(1, 300), 2)
+            event = CustomerEvent(ms, f"tx-{i}", amount, f"t{rng.randrange(5)}")
             changes.append(("customer", f"c{rng.randrange(5)}", event))
+        elif i % 3 == 0:
+            device = DeviceEvent(ms, f"tx-{i}", f"c{rng.randrange(5)}")
+            changes.append(("device", f"d{rng.randrange(5)}", device))
         else:
             label = TerminalLabel(ms, f"tx-{i}", rng.randrange(2))
             changes.append(("terminal", f"t{rng.randrange(5)}", label))
@@ -51,7 +63,7 @@ def namespace(
 ) -> Iterator[PlatformSettings]:
     """Settings with a Redis prefix, changelog topic and database of this test."""
     run = uuid.uuid4().hex[:8]
-    with database(base_settings.pg_dsn, f"fraud_test_writer_{run}") as dsn:
+    with created_database(base_settings, f"fraud_test_writer_{run}") as dsn:
         settings = test_settings.model_copy(
             update={
                 "pg_dsn": dsn,
@@ -68,6 +80,7 @@ def redis_contents(settings: PlatformSettings) -> dict[str, list[tuple[bytes, fl
     client = redis.Redis.from_url(settings.redis_url)
     keys = [customer_key(settings.redis_prefix, f"c{i}") for i in range(5)]
     keys += [terminal_key(settings.redis_prefix, f"t{i}") for i in range(5)]
+    keys += [device_key(settings.redis_prefix, f"d{i}") for i in range(5)]
     contents = {key: client.zrange(key, 0, -1, withscores=True) for key in keys}
     client.close()
     return contents
@@ -77,7 +90,7 @@ def postgres_contents(settings: PlatformSettings) -> list[list[tuple]]:
     with psycopg.connect(settings.pg_dsn) as conn:
         return [
             conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
-            for table in ("customer_events", "terminal_labels")
+            for table in ("customer_events", "terminal_labels", "device_events")
         ]
 
 
@@ -141,7 +154,7 @@ def test_loader_applies_only_committed_changes(namespace: PlatformSettings) -> N
     admin = AdminClient({"bootstrap.servers": namespace.kafka_bootstrap})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
     committed = make_changes(400, seed=3)
-    aborted = [("customer", "c0", CustomerEvent(START_MS, "tx-aborted", 9.0))]
+    aborted = [("customer", "c0", CustomerEvent(START_MS, "tx-aborted", 9.0, "t0"))]
     producer = Producer(
         {
             "bootstrap.servers": namespace.kafka_bootstrap,

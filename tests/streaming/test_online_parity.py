@@ -1,7 +1,8 @@
 """Online features (Redis, and PostgreSQL after a Redis miss) equal the offline rows.
 
-Reads the stores the feature job filled in the ``streamed_span`` fixture through
-the scorer's own lookup code, then computes features with the shared functions.
+Reads the stores the feature job filled in the ``streamed_span`` and
+``simulated_span`` fixtures through the scorer's own lookup code, then computes
+features with the shared functions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from fraudcore.features import MODEL_INPUTS, transaction_features
-from fraudcore.store import customer_key, terminal_key
+from fraudcore.store import customer_key, device_key, terminal_key
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.feature_store import HistoryLookup, HistoryQuery
 from services.scorer.metrics import ScorerMetrics
@@ -56,8 +57,9 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
         results = []
         try:
             for row in rows.itertuples(index=False):
+                device_id = None if pd.isna(row.device_id) else row.device_id
                 query = HistoryQuery.for_transaction(
-                    row.customer_id, row.terminal_id, row.event_ms
+                    row.customer_id, row.terminal_id, row.event_ms, device_id
                 )
                 found = await lookup.fetch(query)
                 histories, source = found.histories, found.source
@@ -67,6 +69,10 @@ def online_features(settings: ScorerSettings, rows: pd.DataFrame):
                     row.TX_AMOUNT,
                     histories.customer,
                     histories.terminal,
+                    customer_id=row.customer_id,
+                    terminal_id=row.terminal_id,
+                    device_id=device_id,
+                    device_history=histories.device,
                 )
                 results.append((source, [features[name] for name in MODEL_INPUTS]))
         finally:
@@ -102,12 +108,43 @@ def test_online_parity_redis_path(streamed_span, sample):
     assert_equal_to_offline(results, sample, "redis")
 
 
+def delete_redis_keys(settings: ScorerSettings, rows: pd.DataFrame) -> None:
+    prefix = settings.redis_prefix
+    keys = [customer_key(prefix, c) for c in rows["customer_id"]]
+    keys += [terminal_key(prefix, t) for t in rows["terminal_id"]]
+    keys += [device_key(prefix, d) for d in rows["device_id"].dropna()]
+    client = redis.Redis.from_url(settings.redis_url)
+    client.delete(*set(keys))
+    client.close()
+
+
 def test_online_parity_postgres_fallback(streamed_span, sample):
     settings = scorer_settings(streamed_span)
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = [customer_key(settings.redis_prefix, c) for c in sample["customer_id"]]
-    keys += [terminal_key(settings.redis_prefix, t) for t in sample["terminal_id"]]
-    client.delete(*set(keys))
+    delete_redis_keys(settings, sample)
 
     results = online_features(settings, sample)
     assert_equal_to_offline(results, sample, "postgres")
+
+
+@pytest.fixture(scope="module")
+def simulated_rows(simulated_span) -> pd.DataFrame:
+    """Every offline row of the simulated span, with and without a device."""
+    path = simulated_span.settings.offline_store / "features"
+    offline = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    rows = offline.to_pandas()
+    assert rows["device_id"].notna().any()
+    assert rows["device_id"].isna().any()
+    return rows
+
+
+def test_online_parity_devices_redis_path(simulated_span, simulated_rows):
+    results = online_features(scorer_settings(simulated_span), simulated_rows)
+    assert_equal_to_offline(results, simulated_rows, "redis")
+
+
+def test_online_parity_devices_postgres_fallback(simulated_span, simulated_rows):
+    settings = scorer_settings(simulated_span)
+    delete_redis_keys(settings, simulated_rows)
+
+    results = online_features(settings, simulated_rows)
+    assert_equal_to_offline(results, simulated_rows, "postgres")

@@ -17,6 +17,7 @@ from streaming import simulator
 from streaming.simulator import (
     COLUMN_DTYPES,
     Compromises,
+    add_device_ids,
     apply_fraud_scenarios,
     draw_compromises,
     simulate_genuine_transactions,
@@ -354,3 +355,42 @@ def test_module_cli_invalid_size_exits_2(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "--customers: must be a positive integer, got '0'" in result.stderr
+
+
+def test_add_device_ids_shares_and_owners(small: pd.DataFrame) -> None:
+    with_devices = add_device_ids(small, seed=5)
+    devices = with_devices["DEVICE_ID"]
+    on_shared = devices.fillna("").str.startswith("shared-")
+    customers_per_device = with_devices.groupby("DEVICE_ID")["CUSTOMER_ID"].nunique()
+    shared = customers_per_device.index.str.startswith("shared-")
+
+    assert list(with_devices.columns) == [*COLUMN_DTYPES, "DEVICE_ID"]
+    assert devices.isna().mean() == pytest.approx(0.2, abs=0.03)
+    assert on_shared.mean() == pytest.approx(0.1, abs=0.03)
+    assert (customers_per_device[~shared] == 1).all()
+    assert (customers_per_device[shared] > 1).all()
+    own = with_devices[devices.notna() & ~on_shared]
+    owners = own["DEVICE_ID"].str.extract(r"^c(\d+)-d[01]$")[0].astype("int64")
+    assert (owners == own["CUSTOMER_ID"]).all()
+
+
+def test_add_device_ids_same_seed_same_devices(small: pd.DataFrame) -> None:
+    first = add_device_ids(small, seed=5)
+    again = add_device_ids(small, seed=5)
+    other = add_device_ids(small, seed=6)
+
+    pd.testing.assert_frame_equal(first, again)
+    assert not first["DEVICE_ID"].equals(other["DEVICE_ID"])
+    pd.testing.assert_frame_equal(first[list(COLUMN_DTYPES)], small)
+
+
+def test_main_devices_flag_writes_device_column(tmp_path: Path) -> None:
+    out = tmp_path / "with-devices.parquet"
+    simulator.main(
+        ["--out", str(out), "--customers", "20", "--terminals", "30", "--days", "5"]
+        + ["--devices"]
+    )
+
+    written = pd.read_parquet(out)
+    assert written["DEVICE_ID"].notna().any()
+    assert written["DEVICE_ID"].isna().any()

@@ -34,12 +34,14 @@ from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
 from fraudcore.decisions import DECISIONS_SCHEMA
-from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
+from fraudcore.features import MODEL_INPUTS, CustomerEvent, DeviceEvent, TerminalLabel
 from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
 from fraudcore.store import (
     PG_SCHEMA,
     customer_key,
+    device_key,
     encode_customer_member,
+    encode_device_member,
     encode_label_member,
     terminal_key,
 )
@@ -319,11 +321,15 @@ class SeededStores:
     prefix: str
     customer_id: str
     terminal_id: str
+    device_id: str
     redis: redis.Redis
     dsn: str
 
     def seed_redis(
-        self, events: list[CustomerEvent], labels: list[TerminalLabel]
+        self,
+        events: list[CustomerEvent],
+        labels: list[TerminalLabel],
+        devices: list[DeviceEvent] | None = None,
     ) -> None:
         """Write events and labels as the stream job writes them to Redis."""
         if events:
@@ -332,19 +338,29 @@ class SeededStores:
         if labels:
             members = {encode_label_member(x): x.label_ms for x in labels}
             self.redis.zadd(terminal_key(self.prefix, self.terminal_id), members)
+        if devices:
+            members = {encode_device_member(d): d.event_ms for d in devices}
+            self.redis.zadd(device_key(self.prefix, self.device_id), members)
 
     def seed_postgres(
-        self, events: list[CustomerEvent], labels: list[TerminalLabel]
+        self,
+        events: list[CustomerEvent],
+        labels: list[TerminalLabel],
+        devices: list[DeviceEvent] | None = None,
     ) -> None:
         """Insert events and labels into the PostgreSQL copy of the online store."""
         with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO customer_events VALUES (%s, %s, %s, %s)",
+                "INSERT INTO customer_events VALUES (%s, %s, %s, %s, %s)",
                 [(self.customer_id, *event) for event in events],
             )
             cur.executemany(
                 "INSERT INTO terminal_labels VALUES (%s, %s, %s, %s)",
                 [(self.terminal_id, *label) for label in labels],
+            )
+            cur.executemany(
+                "INSERT INTO device_events VALUES (%s, %s, %s, %s)",
+                [(self.device_id, *device) for device in devices or []],
             )
 
     def flush_redis(self) -> None:
@@ -363,6 +379,7 @@ def stores(redis_url: str, store_dsn: str) -> Iterator[SeededStores]:
         prefix=f"scorer-test-{run}",
         customer_id=f"customer-{run}",
         terminal_id=f"terminal-{run}",
+        device_id=f"device-{run}",
         redis=client,
         dsn=store_dsn,
     )
@@ -375,6 +392,9 @@ def stores(redis_url: str, store_dsn: str) -> Iterator[SeededStores]:
         )
         conn.execute(
             "DELETE FROM terminal_labels WHERE terminal_id = %s", (seeded.terminal_id,)
+        )
+        conn.execute(
+            "DELETE FROM device_events WHERE device_id = %s", (seeded.device_id,)
         )
         conn.execute(
             "DELETE FROM scored_transactions WHERE customer_id = %s",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudcore.features import MODEL_INPUTS, CustomerEvent, TerminalLabel
+from fraudcore.features import MODEL_INPUTS, CustomerEvent, DeviceEvent, TerminalLabel
 from fraudcore.timeutil import parse_timestamp_ms
 from services.scorer.clients import create_redis
 from services.scorer.feature_store import HistoryLookup
@@ -65,7 +65,8 @@ def risky_history(stores: SeededStores, event_ms: int) -> None:
     labels = [
         TerminalLabel(event_ms - 3_600_000 * (i + 1), f"label-{i}", 1) for i in range(4)
     ]
-    stores.seed_redis([CustomerEvent(event_ms - 60_000, "earlier", 10.0)], labels)
+    earlier = CustomerEvent(event_ms - 60_000, "earlier", 10.0, stores.terminal_id)
+    stores.seed_redis([earlier], labels)
 
 
 def test_high_amount_hits_rule_with_reasons(
@@ -122,8 +123,8 @@ def test_feature_age_is_newest_event_used(
     body = unique_transaction(stores)
     event_ms = parse_timestamp_ms(str(body["timestamp"]))
     events = [
-        CustomerEvent(event_ms - 90_000, "older", 1.0),
-        CustomerEvent(event_ms + 5_000, "after", 1.0),  # not used: later
+        CustomerEvent(event_ms - 90_000, "older", 1.0, stores.terminal_id),
+        CustomerEvent(event_ms + 5_000, "after", 1.0, "t2"),  # not used: later
     ]
     labels = [
         TerminalLabel(event_ms - 40_000, "known", 0),
@@ -137,6 +138,27 @@ def test_feature_age_is_newest_event_used(
     assert payload["feature_source"] == "redis"
     assert payload["feature_age_ms"] == 40_000
     assert payload["degraded"] is False
+
+
+def test_feature_age_counts_device_events(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    body = unique_transaction(stores, device_id=stores.device_id)
+    event_ms = parse_timestamp_ms(str(body["timestamp"]))
+    events = [CustomerEvent(event_ms - 90_000, "older", 1.0, stores.terminal_id)]
+    devices = [
+        DeviceEvent(event_ms - 20_000, "on-device", "another-customer"),
+        DeviceEvent(event_ms + 1, "device-later", "another-customer"),  # not used
+    ]
+    stores.seed_redis(events, [], devices)
+    served = run_scorer(live_settings)
+
+    payload = served.decision(body)
+
+    assert payload["feature_source"] == "redis"
+    assert payload["feature_age_ms"] == 20_000
 
 
 def test_feature_age_null_without_events(

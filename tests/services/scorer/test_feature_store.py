@@ -16,10 +16,13 @@ import pytest
 
 from fraudcore.features import (
     MODEL_INPUTS,
+    NO_DEVICE_COUNT,
     CustomerEvent,
+    DeviceEvent,
     TerminalLabel,
     transaction_features,
 )
+from fraudcore.store import customer_key, device_key, encode_customer_member
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.feature_store import HistoryLookup, HistoryQuery
@@ -43,22 +46,28 @@ def make_history(
     """Build a history around ``EVENT_MS`` with the window edges and ties covered."""
     current = transaction_id(stores)
     rng = random.Random(11)
+    # Terminal ids with the member layout's separators and quotes in them.
+    terminals = [stores.terminal_id, 'term|"1"', "t,2", "t]3"]
     events = [
         CustomerEvent(
             EVENT_MS - rng.randint(1, 40 * MS_PER_DAY),
             str(1000 + i),
             round(rng.uniform(1, 400), 2),
+            rng.choice(terminals),
         )
         for i in range(80)
     ]
     window_start = EVENT_MS - 30 * MS_PER_DAY
+    day_start = EVENT_MS - MS_PER_DAY
     events += [
-        CustomerEvent(window_start, "edge-out", 11.0),  # excluded: window is open
-        CustomerEvent(window_start + 1, "edge-in", 12.5),
-        CustomerEvent(EVENT_MS, current, AMOUNT),  # the request itself
-        CustomerEvent(EVENT_MS, "9", 5.0),  # same ms, ordered before
-        CustomerEvent(EVENT_MS, f"{current}-later", 7.0),  # same ms, after
-        CustomerEvent(EVENT_MS + 1_000, "2000", 99.0),  # after
+        CustomerEvent(window_start, "edge-out", 11.0, "t-edge-out"),  # open window
+        CustomerEvent(window_start + 1, "edge-in", 12.5, "t-edge-in"),
+        CustomerEvent(day_start, "day-edge-out", 3.0, "t-day-out"),
+        CustomerEvent(day_start + 1, "day-edge-in", 4.0, "t-day-in"),
+        CustomerEvent(EVENT_MS, current, AMOUNT, stores.terminal_id),  # the request
+        CustomerEvent(EVENT_MS, "9", 5.0, "t-tie-before"),  # same ms, ordered before
+        CustomerEvent(EVENT_MS, f"{current}-later", 7.0, "t-tie-after"),  # after
+        CustomerEvent(EVENT_MS + 1_000, "2000", 99.0, "t-after"),  # after
     ]
     labels = [
         TerminalLabel(
@@ -73,21 +82,59 @@ def make_history(
     return events, labels
 
 
-def request_body(stores: SeededStores) -> dict[str, object]:
-    return {
+def make_device_history(stores: SeededStores) -> list[DeviceEvent]:
+    """Build device events from several customers, at the window edges and ties."""
+    current = transaction_id(stores)
+    rng = random.Random(12)
+    events = [
+        DeviceEvent(
+            EVENT_MS - rng.randint(1, 10 * MS_PER_DAY),
+            str(5000 + i),
+            rng.choice([stores.customer_id, "c|1", 'c"2']),
+        )
+        for i in range(30)
+    ]
+    week_start = EVENT_MS - 7 * MS_PER_DAY
+    events += [
+        DeviceEvent(week_start, "week-edge-out", "c-week-out"),
+        DeviceEvent(week_start + 1, "week-edge-in", "c-week-in"),
+        DeviceEvent(EVENT_MS, current, stores.customer_id),  # the request itself
+        DeviceEvent(EVENT_MS, "9", "c-tie-before"),  # same ms, ordered before
+        DeviceEvent(EVENT_MS, f"{current}-later", "c-tie-after"),  # after
+        DeviceEvent(EVENT_MS + 1, "later", "c-after"),
+    ]
+    return events
+
+
+def request_body(stores: SeededStores, device: bool = False) -> dict[str, object]:
+    body: dict[str, object] = {
         "transaction_id": transaction_id(stores),
         "customer_id": stores.customer_id,
         "terminal_id": stores.terminal_id,
         "amount": AMOUNT,
         "timestamp": format_timestamp_ms(EVENT_MS),
     }
+    if device:
+        body["device_id"] = stores.device_id
+    return body
 
 
 def offline_features(
-    stores: SeededStores, events: list[CustomerEvent], labels: list[TerminalLabel]
+    stores: SeededStores,
+    events: list[CustomerEvent],
+    labels: list[TerminalLabel],
+    devices: list[DeviceEvent] | None = None,
 ) -> dict[str, float]:
     return transaction_features(
-        EVENT_MS, transaction_id(stores), AMOUNT, events, labels
+        EVENT_MS,
+        transaction_id(stores),
+        AMOUNT,
+        events,
+        labels,
+        customer_id=stores.customer_id,
+        terminal_id=stores.terminal_id,
+        device_id=None if devices is None else stores.device_id,
+        device_history=devices or [],
     )
 
 
@@ -162,6 +209,82 @@ def test_redis_and_postgres_paths_match_offline(
     assert from_postgres["probability"] == from_redis["probability"]
     assert expected["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] >= 2.0
     assert expected["TERMINAL_ID_NB_TX_30DAY_WINDOW"] > 0.0
+    assert expected["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 0.0  # the tie "9"
+    assert expected["CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW"] >= 3.0
+    assert expected["DEVICE_ID_NB_TX_1DAY_WINDOW"] == NO_DEVICE_COUNT
+
+
+@pytest.mark.integration
+def test_device_paths_match_offline(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history(stores)
+    devices = make_device_history(stores)
+    stores.seed_redis(events, labels, devices)
+    stores.seed_postgres(events, labels, devices)
+    served = run_scorer(live_settings)
+    expected = offline_features(stores, events, labels, devices)
+
+    from_redis = served.decision(request_body(stores, device=True))
+    stores.flush_redis()
+    from_postgres = served.decision(request_body(stores, device=True))
+
+    assert from_redis["feature_source"] == "redis"
+    assert from_postgres["feature_source"] == "postgres"
+    assert from_redis["features"] == expected
+    assert from_postgres["features"] == expected
+    assert expected["DEVICE_ID_NB_TX_1DAY_WINDOW"] >= 2.0
+    assert expected["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"] >= 3.0
+
+
+@pytest.mark.integration
+def test_missing_device_key_is_new_device(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    stores.seed_postgres(events, labels, make_device_history(stores))
+    served = run_scorer(live_settings)
+
+    payload = served.decision(request_body(stores, device=True))
+
+    assert payload["feature_source"] == "redis"
+    assert payload["features"] == offline_features(stores, events, labels, [])
+    assert payload["features"]["DEVICE_ID_NB_TX_1DAY_WINDOW"] == 1.0
+    assert payload["features"]["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"] == 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("layout", ["customer", "device"])
+def test_invalid_member_falls_back_to_postgres(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+    layout: str,
+) -> None:
+    events, labels = make_history(stores)
+    devices = make_device_history(stores)
+    stores.seed_postgres(events, labels, devices)
+    stores.seed_redis(events, labels, devices)
+    # A member of the layout before terminal ids: "transaction_id|amount".
+    if layout == "customer":
+        key = customer_key(stores.prefix, stores.customer_id)
+        stores.redis.zadd(key, {"old-tx|12.5": EVENT_MS - 1})
+    else:
+        key = device_key(stores.prefix, stores.device_id)
+        stores.redis.zadd(key, {encode_customer_member(events[0]): EVENT_MS - 1})
+    served = run_scorer(live_settings)
+
+    payload = served.decision(request_body(stores, device=True))
+    metrics = served.client.get("/metrics").text
+
+    assert payload["feature_source"] == "postgres"
+    assert payload["features"] == offline_features(stores, events, labels, devices)
+    assert 'fraud_score_errors_total{kind="redis_invalid_member"} 1.0' in metrics
 
 
 @pytest.mark.integration
@@ -171,7 +294,7 @@ def test_existing_key_without_window_events_is_hit(
     stores: SeededStores,
 ) -> None:
     events, labels = make_history(stores)
-    stale = [CustomerEvent(EVENT_MS - 35 * MS_PER_DAY, "stale", 3.0)]
+    stale = [CustomerEvent(EVENT_MS - 35 * MS_PER_DAY, "stale", 3.0, "t-stale")]
     stores.seed_redis(stale, [])
     stores.seed_postgres(events, labels)
     served = run_scorer(live_settings)

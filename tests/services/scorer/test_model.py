@@ -51,7 +51,7 @@ def test_zipmap_export_rejected() -> None:
 def test_wrong_input_width_rejected() -> None:
     artifact = train_onnx_model(width=len(MODEL_INPUTS) - 1)
 
-    with pytest.raises(ModelLoadError, match=r"expected tensor\(float\) \[n, 15\]"):
+    with pytest.raises(ModelLoadError, match=r"expected tensor\(float\) \[n, 20\]"):
         open_model(artifact, "narrow", 0.5)
 
 

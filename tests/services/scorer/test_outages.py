@@ -49,7 +49,7 @@ def proxied_dsn(dsn: str, proxy: TcpProxy) -> str:
 
 def earlier_events(body: dict[str, object]) -> list[CustomerEvent]:
     event_ms = parse_timestamp_ms(str(body["timestamp"]))
-    return [CustomerEvent(event_ms - 60_000, "earlier", 10.0)]
+    return [CustomerEvent(event_ms - 60_000, "earlier", 10.0, "terminal-earlier")]
 
 
 def seed_private_redis(
@@ -58,7 +58,12 @@ def seed_private_redis(
     """Seed the private Redis with one earlier event of the body's customer."""
     client = redis.Redis.from_url(private_redis.url)
     seeded = SeededStores(
-        stores.prefix, stores.customer_id, stores.terminal_id, client, stores.dsn
+        stores.prefix,
+        stores.customer_id,
+        stores.terminal_id,
+        stores.device_id,
+        client,
+        stores.dsn,
     )
     seeded.seed_redis(earlier_events(body), [])
     client.close()

@@ -150,6 +150,21 @@ def test_score_accepts_integer_ids(offline_scorer: ServedScorer) -> None:
     assert response.json()["transaction_id"] == "4242"
 
 
+def test_calendar_features_use_feature_timezone(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    offline_settings: ScorerSettings,
+    scoring_model: ScoringModel,
+) -> None:
+    update = {"return_features": True, "feature_timezone": "Asia/Tokyo"}
+    served = run_scorer(offline_settings.model_copy(update=update))
+    served.runtime.install(ServedModel(scoring_model, None, (), None))
+
+    # 01:30 UTC is night in UTC and 10:30 in Tokyo.
+    payload = served.decision(VALID)
+
+    assert payload["features"]["TX_DURING_NIGHT"] == 0.0
+
+
 def test_default_features_when_stores_down(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     offline_settings: ScorerSettings,
@@ -160,7 +175,14 @@ def test_default_features_when_stores_down(
     served.runtime.install(ServedModel(scoring_model, None, (), None))
     record = TransactionRecord.model_validate(VALID)
     expected = transaction_features(
-        record.event_ms, record.transaction_id, record.amount, [], []
+        record.event_ms,
+        record.transaction_id,
+        record.amount,
+        [],
+        [],
+        customer_id=record.customer_id,
+        terminal_id=record.terminal_id,
+        device_id=record.device_id,
     )
 
     payload = served.decision(VALID)
