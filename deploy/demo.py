@@ -29,11 +29,13 @@ import psycopg
 import redis
 
 from deploy import stack
+from fraudcore import store
 from fraudcore.features import MODEL_INPUTS
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from load.http_replay import ScoredResponse, replay_requests, request_bodies
 from load.scorer_process import wait_ready
 from streaming import replay
+from streaming.online_loader import LoaderSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,21 @@ def reset_state(settings: PlatformSettings) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    topics = [settings.transactions_topic, settings.labels_topic]
+    topics = [
+        settings.transactions_topic,
+        settings.labels_topic,
+        settings.online_changelog_topic,
+    ]
     existing = [name for name in topics if name in admin.list_topics(timeout=10).topics]
     for future in (admin.delete_topics(existing) if existing else {}).values():
         future.result(timeout=30)
     _wait_for_topics_gone(admin, existing)
+    # The loader's committed offsets would skip the start of the new changelog.
+    loader_group = LoaderSettings(**settings.model_dump()).loader_group_id
+    listed = admin.list_consumer_groups(request_timeout=10).result()
+    groups = {group.group_id for group in listed.valid}
+    if loader_group in groups:
+        admin.delete_consumer_groups([loader_group])[loader_group].result(timeout=30)
     stack.create_topics(settings)
 
     for folder in (settings.offline_store, settings.state_dir / "checkpoints"):
@@ -81,9 +93,10 @@ def reset_state(settings: PlatformSettings) -> None:
         client.delete(*keys[start : start + 5000])
     from streaming.online_writer import ensure_schema
 
-    ensure_schema(settings.pg_dsn)
+    # Dropped rather than emptied, so that tables of an older layout go too.
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE customer_events, terminal_labels, device_events")
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(store.PG_COLUMNS)}")
+    ensure_schema(settings.pg_dsn)
 
 
 def _wait_for_topics_gone(admin: Any, names: list[str]) -> None:

@@ -8,8 +8,8 @@ crash of either side, records are applied again from the last committed offset.
 The writes are idempotent and commute, so the store ends as if nothing failed.
 
 The job also writes Redis directly as events arrive, which keeps the scorer's
-features fresh to within a fraction of a second; those writes are lost when the
-job dies between a checkpoint and their flush, and the loader restores them.
+features fresh. Those writes are lost when the job dies between a checkpoint
+and their flush, and the loader restores them.
 PostgreSQL, the durable copy, is written by the loader only, so it trails the
 job by up to one checkpoint interval.
 
@@ -25,6 +25,8 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import psycopg
+import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic_settings import SettingsConfigDict
 
@@ -32,6 +34,9 @@ from fraudcore.settings import PlatformSettings
 from streaming.online_writer import OnlineStoreWriter, apply_change, ensure_schema
 
 log = logging.getLogger(__name__)
+
+# Failures of Redis or PostgreSQL after which the loader reconnects and retries.
+STORE_FAILURES = (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
 class LoaderSettings(PlatformSettings):
@@ -43,6 +48,7 @@ class LoaderSettings(PlatformSettings):
     loader_group: str = ""
     loader_batch_size: int = 5_000
     loader_poll_seconds: float = 0.1
+    loader_retry_seconds: float = 5.0
 
     @property
     def loader_group_id(self) -> str:
@@ -56,6 +62,7 @@ class LoaderStats:
 
     applied: int = 0
     batches: int = 0
+    retries: int = 0
 
 
 class OnlineLoader:
@@ -83,10 +90,38 @@ class OnlineLoader:
     def run(self) -> LoaderStats:
         """Apply changelog batches until stopped, or drained when asked to drain.
 
+        When Redis or PostgreSQL fails, the loader logs it, waits
+        ``loader_retry_seconds``, reconnects and applies again from its last
+        committed offset.
+
         Raises:
             ValueError: on a record that is not an online-store change.
             KafkaException: when Kafka reports an error on a record.
         """
+        retry_seconds = self._settings.loader_retry_seconds
+        while True:
+            try:
+                self._run_connected()
+                break
+            except STORE_FAILURES as exc:
+                self.stats.retries += 1
+                log.warning(
+                    "online loader: store write failed, applying again from the "
+                    "last committed offset in %.1f s: %s: %s",
+                    retry_seconds,
+                    type(exc).__name__,
+                    exc,
+                )
+                if self._stop.wait(retry_seconds):
+                    break
+        log.info(
+            "online loader applied %d changes in %d batches",
+            self.stats.applied,
+            self.stats.batches,
+        )
+        return self.stats
+
+    def _run_connected(self) -> None:
         settings = self._settings
         ensure_schema(settings.pg_dsn)
         consumer = Consumer(
@@ -98,28 +133,26 @@ class OnlineLoader:
                 "isolation.level": "read_committed",
             }
         )
-        writer = OnlineStoreWriter(
-            settings.redis_url, settings.pg_dsn, settings.redis_prefix
-        )
-        consumer.subscribe([settings.online_changelog_topic])
         try:
-            while not self._stop.is_set():
-                messages = consumer.consume(
-                    settings.loader_batch_size, settings.loader_poll_seconds
-                )
-                if messages:
-                    self._apply(consumer, writer, messages)
-                elif self._drain.is_set() and _caught_up(consumer):
-                    break
+            writer = OnlineStoreWriter(
+                settings.redis_url, settings.pg_dsn, settings.redis_prefix
+            )
+            try:
+                consumer.subscribe([settings.online_changelog_topic])
+                while not self._stop.is_set():
+                    messages = consumer.consume(
+                        settings.loader_batch_size, settings.loader_poll_seconds
+                    )
+                    if messages:
+                        self._apply(consumer, writer, messages)
+                    elif self._drain.is_set() and _caught_up(consumer):
+                        break
+            finally:
+                # Changes not yet written are consumed again after a restart,
+                # since their offsets were not committed.
+                writer.discard()
         finally:
-            writer.close()
             consumer.close()
-        log.info(
-            "online loader applied %d changes in %d batches",
-            self.stats.applied,
-            self.stats.batches,
-        )
-        return self.stats
 
     def _apply(self, consumer: Consumer, writer: OnlineStoreWriter, messages) -> None:
         for message in messages:

@@ -175,6 +175,15 @@ class OnlineStoreWriter:
         if self._pg is not None and self._flushes % TRIM_EVERY_FLUSHES == 0:
             self._delete_expired_rows(self._pg)
 
+    def discard(self) -> None:
+        """Drop what is queued and release the connections."""
+        self._customers.clear()
+        self._labels.clear()
+        self._devices.clear()
+        if self._pg is not None:
+            self._pg.close()
+        self._redis.close()
+
     def close(self) -> None:
         """Flush and release the connections."""
         self.flush()

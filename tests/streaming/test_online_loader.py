@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -20,7 +22,7 @@ from fraudcore.features import (
 )
 from fraudcore.settings import PlatformSettings
 from fraudcore.store import customer_key, device_key, terminal_key
-from streaming.online_loader import LoaderSettings, OnlineLoader
+from streaming.online_loader import LoaderSettings, OnlineLoader, start_in_thread
 from streaming.online_writer import (
     OnlineStoreWriter,
     apply_change,
@@ -28,6 +30,7 @@ from streaming.online_writer import (
     ensure_schema,
 )
 from tests.conftest import created_database, delete_redis_keys
+from tests.services.scorer.conftest import TcpProxy
 
 DAY_MS = 86_400_000
 START_MS = 1_530_000_000_000
@@ -181,5 +184,41 @@ def test_loader_applies_only_committed_changes(namespace: PlatformSettings) -> N
     clear(namespace)
     write(namespace, committed, batch=100)
     assert stats.applied == len(committed)
+    assert applied == (redis_contents(namespace), postgres_contents(namespace))
+    admin.delete_topics([topic])[topic].result(timeout=30)
+
+
+@pytest.mark.integration
+def test_loader_retries_until_redis_returns(namespace: PlatformSettings) -> None:
+    topic = namespace.online_changelog_topic
+    admin = AdminClient({"bootstrap.servers": namespace.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    changes = make_changes(300, seed=4)
+    producer = Producer({"bootstrap.servers": namespace.kafka_bootstrap})
+    for kind, key, event in changes:
+        producer.produce(topic, encode_change(kind, key, event).encode())
+    assert producer.flush(30) == 0
+    redis_address = urlsplit(namespace.redis_url)
+    proxy = TcpProxy((redis_address.hostname or "", redis_address.port or 6379))
+    settings = LoaderSettings(
+        **namespace.model_dump()
+        | {"redis_url": f"redis://{proxy.address}/0", "loader_retry_seconds": 0.2}
+    )
+
+    loader, thread = start_in_thread(settings)
+    loader.drain()
+    deadline = time.monotonic() + 30
+    while loader.stats.retries == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.start()
+    thread.join(timeout=60)
+    proxy.stop()
+
+    applied = redis_contents(namespace), postgres_contents(namespace)
+    clear(namespace)
+    write(namespace, changes, batch=100)
+    assert not thread.is_alive()
+    assert loader.error is None
+    assert loader.stats.retries >= 1
     assert applied == (redis_contents(namespace), postgres_contents(namespace))
     admin.delete_topics([topic])[topic].result(timeout=30)
