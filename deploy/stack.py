@@ -266,13 +266,7 @@ def create_topics(settings: PlatformSettings) -> None:
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    names = [
-        settings.transactions_topic,
-        settings.labels_topic,
-        settings.decisions_topic,
-        settings.dead_letter_topic,
-        settings.late_events_topic,
-    ]
+    names = topic_names(settings)
     # Replayed events keep their original (years old) timestamps, and time-based
     # retention would delete them as soon as they land, so these topics are
     # bounded by size instead.
@@ -285,6 +279,36 @@ def create_topics(settings: PlatformSettings) -> None:
     for name, future in admin.create_topics(missing).items() if missing else []:
         future.result(timeout=30)
         log.info("created topic %s", name)
+
+
+def topic_names(settings: PlatformSettings) -> list[str]:
+    """Return the names of the platform's topics under ``settings``."""
+    return [
+        settings.transactions_topic,
+        settings.labels_topic,
+        settings.decisions_topic,
+        settings.dead_letter_topic,
+        settings.late_events_topic,
+    ]
+
+
+def delete_topics(settings: PlatformSettings, names: list[str]) -> None:
+    """Delete the topics of ``names`` that exist and wait until the broker drops them.
+
+    Topic deletion is asynchronous on the broker, and creating a topic of the
+    same name too early fails, so this waits up to a minute for them to go.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = [name for name in names if name in admin.list_topics(timeout=10).topics]
+    for future in (admin.delete_topics(existing) if existing else {}).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not set(existing) & set(admin.list_topics(timeout=10).topics):
+            return
+        time.sleep(0.5)
 
 
 # --- Redis ------------------------------------------------------------------
@@ -314,6 +338,16 @@ def _redis_answers(url: str) -> bool:
     import redis
 
     return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+
+
+def delete_redis_keys(settings: PlatformSettings) -> None:
+    """Delete every Redis key that starts with the settings' prefix."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
+    for start in range(0, len(keys), 5000):
+        client.delete(*keys[start : start + 5000])
 
 
 # --- PostgreSQL --------------------------------------------------------------
