@@ -12,13 +12,16 @@ Part files are Parquet without a ``.parquet`` suffix. Files whose names start wi
 from __future__ import annotations
 
 import logging
+from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.timeutil import MS_PER_DAY
 from training.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ LABELS_DIR = "labels"
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id")
 FEATURE_COLUMNS = (*ID_COLUMNS, "event_ms", *MODEL_INPUTS)
 LABEL_COLUMNS = (*ID_COLUMNS, "transaction_ms", "label_ms", "fraud")
+
+_EPOCH = date(1970, 1, 1)
 
 # The dt= directory names only route files; the loader reads days from event_ms,
 # so the partition key is read as text and then dropped.
@@ -140,7 +145,26 @@ def load_labelled_features(offline_store: Path) -> pd.DataFrame:
     unmatched = len(labels) - len(joined)
     if unmatched:
         log.warning("%d labels have no feature row and are skipped", unmatched)
-    return _sort_transactions(joined)
+    return sort_transactions(joined)
+
+
+def stored_days(offline_store: Path) -> tuple[set[date], set[date]]:
+    """Return the UTC days with feature rows and the days of labelled transactions.
+
+    Raises
+    ------
+    InputDataError
+        If either folder is missing, unreadable or empty.
+    """
+    root = Path(offline_store)
+    features = _read_partitions(root / FEATURES_DIR, ("event_ms",))
+    labels = _read_partitions(root / LABELS_DIR, ("transaction_ms",))
+    return _days(features["event_ms"]), _days(labels["transaction_ms"])
+
+
+def _days(epoch_ms: pd.Series) -> set[date]:
+    numbers = np.unique(epoch_ms.to_numpy(dtype=np.int64) // MS_PER_DAY)
+    return {_EPOCH + timedelta(days=int(number)) for number in numbers}
 
 
 def _read_partitions(folder: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -206,7 +230,8 @@ def _drop_duplicate_ids(frame: pd.DataFrame, kind: str, keep: str) -> pd.DataFra
     return frame.reset_index(drop=True)
 
 
-def _sort_transactions(frame: pd.DataFrame) -> pd.DataFrame:
+def sort_transactions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows by event time, then transaction id, as the stream job orders them."""
     # Same order as fraudcore.features.order_key: event time, then the id by
     # length and text, so decimal ids sort as numbers.
     keyed = frame.assign(_id_length=frame["transaction_id"].str.len())
