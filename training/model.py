@@ -87,6 +87,9 @@ class ModelConfig:
     learning_rate: float = 0.05
     num_leaves: int = 15
     min_child_samples: int = 50
+    # LightGBM's defaults: every feature for every tree, no L2 penalty.
+    colsample_bytree: float = 1.0
+    reg_lambda: float = 0.0
     seed: int = 0
     num_threads: int = 1
     constraints: Mapping[str, int] = field(
@@ -101,6 +104,8 @@ class ModelConfig:
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
+            "colsample_bytree": self.colsample_bytree,
+            "reg_lambda": self.reg_lambda,
             "monotone_constraints": [
                 self.constraints.get(name, 0) for name in MODEL_INPUTS
             ],
