@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from training import prequential
 from training.dataset import stored_days
 from training.errors import InputDataError
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS, required_span
-from training.train import EXIT_BAD_INPUT, EXIT_OK
+from training.train import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _replace_store(staged: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staged.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
-    log.info("the offline store at %s now holds the replayed span", target)
+    log.info("the offline store at %s now contains the replayed span", target)
 
 
 def ensure_offline_store(settings: PlatformSettings) -> None:
@@ -179,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputDataError as exc:
         log.error("bad input: %s", exc)
         return EXIT_BAD_INPUT
+    except subprocess.CalledProcessError as exc:
+        log.error(
+            "the feature job failed with exit code %d; see %s",
+            exc.returncode,
+            settings.state_dir / "logs" / "features-job.log",
+        )
+        return EXIT_FAILED
     finally:
         stack.down(settings, started_servers)
 

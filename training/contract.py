@@ -6,16 +6,17 @@ the first rule of ``FEATURE_RULES`` whose pattern matches its name:
 
 * counts (``_NB_TX_``, ``DISTINCT``, ``SECONDS_SINCE``) are non-negative;
 * risks (``_RISK_``) lie in [0, 1];
-* amounts (``AMOUNT``) are finite and, for all but ``positive_amount_share``
-  of the rows, greater than 0: the dataset has 42 transactions of amount 0.00
-  among its 1,754,155;
+* amounts (``AMOUNT``) are finite, and greater than 0 in at least
+  ``positive_amount_share`` of the rows, because the dataset has 42
+  transactions of amount 0.00 among its 1,754,155;
 * flags (``TX_DURING_``) are 0 or 1.
 
-An input that matches no rule is only checked to be finite, and a warning asks
-for a rule. The label must be 0 or 1 with a fraud rate within the limits, the
-ids must be text, and every day of the training period must have a number of
-rows within the limits. The checks run in an ephemeral context on a pandas data
-source, so nothing is written to disk.
+An input that matches no rule is only checked to be finite, and a logged
+warning names it so that a rule can be added. The label must be 0 or 1 with a
+fraud rate within the limits, the ids must be text, and every day of the
+training period must have a number of rows within the limits. The checks run in
+an ephemeral context on a pandas data source, so no Great Expectations project
+folder is created.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ FEATURE_RULES: tuple[tuple[str, str], ...] = (
 class ContractLimits:
     """Bounds of the contract that are not fixed by a feature's meaning.
 
-    The defaults leave room around the dataset: 0.837% fraud over all days and
-    9,400..9,800 transactions a day.
+    The defaults leave room around the dataset: 0.837% fraud over all days, and
+    9,417..9,789 transactions a day from 2018-06-18 to 2018-08-14.
     """
 
     min_fraud_rate: float = 0.001
@@ -245,7 +246,7 @@ def validate_training_set(
 
 
 def describe_failure(result: dict[str, Any], batch: str, data: pd.DataFrame) -> str:
-    """Describe one failed expectation in a line: what was expected, what was seen."""
+    """Describe one failed expectation in a line: what was expected and observed."""
     config = result["expectation_config"]
     arguments = {
         key: value
@@ -255,12 +256,14 @@ def describe_failure(result: dict[str, Any], batch: str, data: pd.DataFrame) -> 
     column = config["kwargs"].get("column")
     subject = f"column {column!r}" if column else "the table"
     details = result.get("result") or {}
+
     expected = ", ".join(
         f"{key}={_readable(value)}" for key, value in arguments.items()
     )
     line = f"{config['type']} on {subject} of the {batch}"
     if expected:
         line += f" ({expected})"
+
     if "unexpected_count" in details:
         examples = details.get("partial_unexpected_list") or []
         line += (
@@ -273,6 +276,7 @@ def describe_failure(result: dict[str, Any], batch: str, data: pd.DataFrame) -> 
             line += f" on {', '.join(bad.tolist())}"
     elif "observed_value" in details:
         line += f": observed {_readable(details['observed_value'])}"
+
     exception = (result.get("exception_info") or {}).get("exception_message")
     if exception:
         line += f": {exception}"

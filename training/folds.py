@@ -5,7 +5,7 @@ a 7-day training week, a 7-day gap and a 7-day test week. Four folds a week
 apart form a set, and two sets are used:
 
 * validation folds, training on the weeks starting 2018-06-20, 06-27, 07-04 and
-  07-11; the hyperparameter search sees only these;
+  07-11. The hyperparameter search uses only these;
 * test folds, training on the weeks starting 2018-07-25, 08-01, 08-08 and 08-15,
   so they test 2018-08-08..09-04.
 
@@ -125,9 +125,9 @@ def view_at(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return what the stores contained at ``cutoff_ms``.
 
-    Feature rows of transactions before the cut-off and labels known before it;
-    the hyperparameter search runs on such a view, so nothing of the test folds
-    can reach it.
+    The view has the feature rows of transactions before the cut-off and the
+    labels known before it. The hyperparameter search runs on such a view, so
+    nothing of the test folds can reach it.
     """
     return features[features[TIME_COLUMN] < cutoff_ms], labels_known_at(
         labels, cutoff_ms

@@ -183,8 +183,9 @@ def save_calibration(
 ) -> None:
     """Save the calibration curve of each test fold, in 10 quantile bins.
 
-    Quantile bins put the same number of transactions in each point; most of
-    them have probabilities near 0, so both axes are logarithmic.
+    Quantile bins put the same number of transactions in each point. Most of
+    them have probabilities near 0, so the x axis is logarithmic, and the y axis
+    is linear below 0.001 so that bins without fraud still show.
     """
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for name, scored in scored_folds:

@@ -162,7 +162,7 @@ def test_build_fold_of_shorter_weeks() -> None:
 
 
 def test_build_fold_with_gap_shorter_than_delay() -> None:
-    # Labels arrive 7 days late, so with a 2-day gap the cut-off on 08-03 knows
+    # Labels arrive 7 days late, so with a 2-day gap the cut-off on 08-03 has
     # only the labels of the transactions before 07-27.
     fold = Fold("short-gap", SplitWindow(date(2018, 7, 25), gap_days=2))
     features, labels = _frames(date(2018, 7, 25), 21)

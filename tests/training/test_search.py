@@ -1,4 +1,4 @@
-"""Tests of the hyperparameter search: it is seeded and sees only validation data."""
+"""Tests of the hyperparameter search: it is seeded and reads only validation data."""
 
 from __future__ import annotations
 
