@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
+import pandas as pd
 import psycopg
 from psycopg import sql
 
@@ -32,7 +33,7 @@ from deploy.demo import run_feature_job, step
 from fraudcore.settings import PlatformSettings
 from streaming import replay
 from training import prequential
-from training.dataset import stored_days
+from training.dataset import daily_coverage
 from training.errors import InputDataError
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS, required_span
 from training.train import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
@@ -43,18 +44,34 @@ REFRESH_DIR = "train-refresh"
 
 
 def missing_days(offline_store: Path, first: date, last: date) -> list[date]:
-    """Return the days of ``[first, last]`` without feature rows or without labels.
+    """Return the days of ``[first, last]`` that the offline store lacks.
 
-    A day counts as covered when the store has feature rows of transactions on
-    it and labels of transactions on it.
+    A day counts as covered when the store has feature rows and labels of
+    transactions on it, and every labelled transaction of it has a feature row.
     """
     try:
-        feature_days, labelled_days = stored_days(offline_store)
+        coverage = daily_coverage(offline_store)
     except InputDataError as exc:
         log.info("the offline store is not usable yet: %s", exc)
-        feature_days, labelled_days = set(), set()
+        coverage = pd.DataFrame(
+            columns=["feature_rows", "labels", "labels_without_features"]
+        )
     span = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-    return [day for day in span if day not in feature_days & labelled_days]
+    coverage = coverage.reindex(span, fill_value=0)
+    incomplete = coverage[coverage["labels_without_features"] > 0]
+    for day, row in incomplete.iterrows():
+        log.warning(
+            "%s: %d of %d labelled transactions have no feature row",
+            day,
+            row["labels_without_features"],
+            row["labels"],
+        )
+    lacking = (
+        (coverage["feature_rows"] == 0)
+        | (coverage["labels"] == 0)
+        | (coverage["labels_without_features"] > 0)
+    )
+    return [day for day, missing in zip(span, lacking, strict=True) if missing]
 
 
 @contextmanager
@@ -104,11 +121,38 @@ def refresh_offline_store(settings: PlatformSettings, first: date, last: date) -
                     "FRAUD_CHECKPOINT_DIR": str(scratch / "checkpoints"),
                 }
                 run_feature_job(job_settings, _with_process_environment(environment))
+            _report_rejected_events(job_settings)
         finally:
             stack.delete_topics(job_settings, stack.topic_names(job_settings))
             stack.delete_redis_keys(job_settings)
     _replace_store(scratch / "offline", settings.offline_store)
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _report_rejected_events(settings: PlatformSettings) -> None:
+    """Log how many events the job sent to the late-events and dead-letter topics.
+
+    Those events have no offline row, and the topics are deleted with the
+    refresh's other topics, so their counts are kept in the log.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "count-only"}
+    )
+    try:
+        for topic in (settings.late_events_topic, settings.dead_letter_topic):
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            count = 0
+            for partition in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                count += high - low
+            if count:
+                log.warning("the feature job sent %d events to %s", count, topic)
+    finally:
+        consumer.close()
 
 
 def _with_process_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -168,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    prequential.quiet_great_expectations()
     settings = PlatformSettings()
     with step("starting the local stack (Kafka, Redis, PostgreSQL)"):
         started_servers = stack.up(settings)

@@ -148,8 +148,20 @@ def load_labelled_features(offline_store: Path) -> pd.DataFrame:
     return sort_transactions(joined)
 
 
-def stored_days(offline_store: Path) -> tuple[set[date], set[date]]:
-    """Return the UTC days with feature rows and the days of labelled transactions.
+def daily_coverage(offline_store: Path) -> pd.DataFrame:
+    """Count, per UTC transaction day, the feature rows and the labels of the store.
+
+    Parameters
+    ----------
+    offline_store : Path
+        Root of the offline store.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_days, 3)
+        Indexed by ``datetime.date``: ``feature_rows``, ``labels`` and
+        ``labels_without_features`` (labelled transactions that have no feature
+        row), 0 where a day has none.
 
     Raises
     ------
@@ -157,14 +169,25 @@ def stored_days(offline_store: Path) -> tuple[set[date], set[date]]:
         If either folder is missing, unreadable or empty.
     """
     root = Path(offline_store)
-    features = _read_partitions(root / FEATURES_DIR, ("event_ms",))
-    labels = _read_partitions(root / LABELS_DIR, ("transaction_ms",))
-    return _days(features["event_ms"]), _days(labels["transaction_ms"])
+    features = _read_partitions(root / FEATURES_DIR, ("transaction_id", "event_ms"))
+    labels = _read_partitions(root / LABELS_DIR, ("transaction_id", "transaction_ms"))
+    unmatched = ~labels["transaction_id"].isin(features["transaction_id"])
+    counts = pd.DataFrame(
+        {
+            "feature_rows": _day_counts(features["event_ms"]),
+            "labels": _day_counts(labels["transaction_ms"]),
+            "labels_without_features": _day_counts(
+                labels.loc[unmatched, "transaction_ms"]
+            ),
+        }
+    )
+    return counts.fillna(0).astype("int64").sort_index()
 
 
-def _days(epoch_ms: pd.Series) -> set[date]:
-    numbers = np.unique(epoch_ms.to_numpy(dtype=np.int64) // MS_PER_DAY)
-    return {_EPOCH + timedelta(days=int(number)) for number in numbers}
+def _day_counts(epoch_ms: pd.Series) -> pd.Series:
+    counts = pd.Series(epoch_ms.to_numpy(dtype=np.int64) // MS_PER_DAY).value_counts()
+    counts.index = [_EPOCH + timedelta(days=int(number)) for number in counts.index]
+    return counts
 
 
 def _read_partitions(folder: Path, columns: tuple[str, ...]) -> pd.DataFrame:

@@ -365,13 +365,23 @@ def parse_args(
     return parser.parse_args(argv)
 
 
+def quiet_great_expectations() -> None:
+    """Raise the level of Great Expectations' loggers to WARNING.
+
+    It logs its set-up at INFO on every validation, and some of its module
+    loggers have their own level, so each is set.
+    """
+    for name in ["great_expectations", *logging.root.manager.loggerDict]:
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job from the command line and return its exit code."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Great Expectations logs its set-up at INFO on every validation.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    quiet_great_expectations()
     settings = PlatformSettings()
     args = parse_args(argv, settings)
     options = ProtocolOptions(

@@ -50,6 +50,24 @@ def test_missing_days_needs_labels(tmp_path: Path) -> None:
     assert missing == [date(2018, 7, 4)]
 
 
+def test_missing_days_finds_dropped_feature_rows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The feature job writes no row for an event it rejects as late, while the
+    # event's label still reaches the store.
+    features, labels = store_frames(prequential_rows(date(2018, 7, 1), 3, per_day=5))
+    dropped = features["transaction_id"].isin(["1-0", "1-3"])
+    store = tmp_path / "offline"
+    write_offline_store(features[~dropped], labels, store)
+
+    missing = train.missing_days(store, date(2018, 7, 1), date(2018, 7, 3))
+
+    assert missing == [date(2018, 7, 2)]
+    assert "2018-07-02: 2 of 5 labelled transactions have no feature row" in (
+        caplog.text
+    )
+
+
 def test_missing_days_of_absent_store(tmp_path: Path) -> None:
     missing = train.missing_days(tmp_path / "none", date(2018, 7, 1), date(2018, 7, 2))
 
