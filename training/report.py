@@ -75,28 +75,35 @@ def machine_description() -> dict[str, Any]:
 
 
 def published_rows(path: Path) -> list[dict[str, Any]]:
-    """Return the book's prequential test scores, one dict per model and setting.
+    """Return the book's prequential test scores, one dict per model and selection.
 
-    Each dict has ``experiment``, ``model``, ``parameter_setting`` and, per
-    metric name of this job, ``{"mean": ..., "std": ...}``.
+    The book chooses the parameters per metric, so one row of ours gathers the
+    ``parameter_setting`` entries that share a selection ("default", "best on
+    validation", "optimal on test"). Each dict has ``experiment``, ``model``,
+    ``selection`` and, per metric name of this job, ``{"mean", "std",
+    "parameters"}``, where ``parameters`` is the text in brackets.
     """
     table = pd.read_csv(path)
     table = table[table["experiment"].isin(PUBLISHED_EXPERIMENTS)]
+    # "best on validation (50/0.3/3)": the selection, then the parameters.
+    pattern = r"^(?P<selection>[^(]*?)\s*(?:\((?P<parameters>.*)\))?$"
+    table = table.join(table["parameter_setting"].str.extract(pattern))
     rows: list[dict[str, Any]] = []
-    keys = ["experiment", "model", "parameter_setting"]
-    for (experiment, model, setting), group in table.groupby(keys, sort=False):
+    keys = ["experiment", "model", "selection"]
+    for (experiment, model, selection), group in table.groupby(keys, sort=False):
         row: dict[str, Any] = {
             "experiment": experiment,
             "model": model,
-            "parameter_setting": setting,
+            "selection": selection,
         }
         for _, entry in group.iterrows():
             name = _PUBLISHED_METRICS.get(entry["metric"])
             if name is not None:
-                std = entry["test_std"]
+                std, parameters = entry["test_std"], entry["parameters"]
                 row[name] = {
                     "mean": float(entry["test_mean"]),
                     "std": None if pd.isna(std) else float(std),
+                    "parameters": None if pd.isna(parameters) else parameters,
                 }
         rows.append(row)
     return rows
@@ -339,21 +346,24 @@ def _published_table(metrics: dict[str, Any]) -> list[str]:
         + " |"
     )
     for row in metrics["published"]:
-        cells = []
-        for name in _LABELS:
-            value = row.get(name)
-            if value is None:
-                cells.append("")
-            elif value["std"] is None:
-                cells.append(f"{value['mean']:.3f}")
-            else:
-                cells.append(f"{value['mean']:.3f} ± {value['std']:.3f}")
+        cells = [_published_cell(row.get(name)) for name in _LABELS]
         lines.append(
-            f"| {row['experiment']} | {row['model']} | {row['parameter_setting']} | "
+            f"| {row['experiment']} | {row['model']} | {row['selection']} | "
             + " | ".join(cells)
             + " |"
         )
     return lines
+
+
+def _published_cell(value: dict[str, Any] | None) -> str:
+    if value is None:
+        return ""
+    cell = f"{value['mean']:.3f}"
+    if value["std"] is not None:
+        cell += f" ± {value['std']:.3f}"
+    if value["parameters"] is not None:
+        cell += f" ({value['parameters']})"
+    return cell
 
 
 def _json_default(value: object) -> object:

@@ -129,20 +129,23 @@ def test_report_shows_published_rows(
     _, folder, metrics = finished_run
     text = (folder / report.REPORT_FILE).read_text()
 
-    xgboost = [
+    (xgboost,) = [
         row
         for row in metrics["published"]
         if row["model"] == "XGBoost"
-        and row["parameter_setting"].startswith("best on validation")
+        and row["selection"] == "best on validation"
         and row["experiment"] == "ch5_prequential_4fold"
     ]
-    assert {row["parameter_setting"] for row in xgboost} == {
-        "best on validation (100/0.3/3)",
-        "best on validation (50/0.3/3)",
-        "best on validation (25/0.3/3)",
-    }
-    assert "0.687 ± 0.010" in text
-    assert "| Random Forest | best on validation (100/20) |" in text
+    assert xgboost["auc_roc"] == {"mean": 0.869, "std": 0.01, "parameters": "100/0.3/3"}
+    assert xgboost["average_precision"]["mean"] == 0.687
+    assert xgboost["card_precision_at_100"]["parameters"] == "25/0.3/3"
+    assert (
+        "| ch5_prequential_4fold | XGBoost | best on validation | 0.869 ± 0.010 "
+        "(100/0.3/3) | 0.687 ± 0.010 (50/0.3/3) | 0.303 ± 0.010 (25/0.3/3) |"
+    ) in text
+    assert "| ch7_prequential_4fold | LSTM | best on validation | 0.876 ± 0.020 |" in (
+        text
+    )
     assert "ch3_baseline_single_split" not in text
 
 
