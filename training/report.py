@@ -20,7 +20,6 @@ import lightgbm as lgb
 import matplotlib
 import numpy as np
 import pandas as pd
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from fraudcore.features import MODEL_INPUTS
@@ -37,6 +36,7 @@ PR_FIGURE = "precision_recall.png"
 ROC_FIGURE = "roc.png"
 CALIBRATION_FIGURE = "calibration.png"
 IMPORTANCE_FIGURE = "feature_importance.png"
+CALIBRATION_MIN_ROWS = 20
 
 # Rows of published-test-results.csv measured with the same prequential folds.
 PUBLISHED_EXPERIMENTS = ("ch5_prequential_4fold", "ch7_prequential_4fold")
@@ -188,24 +188,32 @@ def save_curves(scored_folds: Sequence[tuple[str, pd.DataFrame]], folder: Path) 
 def save_calibration(
     scored_folds: Sequence[tuple[str, pd.DataFrame]], path: Path
 ) -> None:
-    """Save the calibration curve of each test fold, in 10 quantile bins.
+    """Save the calibration curve of each test fold over log-spaced bins.
 
-    Quantile bins put the same number of transactions in each point. Most of
-    them have probabilities near 0, so the x axis is logarithmic, and the y axis
-    is linear below 0.001 so that bins without fraud still show.
+    Fewer than 1% of the transactions are fraud and most probabilities are near
+    0, so the bins are evenly spaced in log10 of the probability from 1e-4 to 1.
+    Bins with fewer than ``CALIBRATION_MIN_ROWS`` rows are left out as noise.
+    The y axis is linear below 0.001 so that bins without fraud still show.
     """
+    edges = np.logspace(-4, 0, 13)
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for name, scored in scored_folds:
-        observed, predicted = calibration_curve(
-            scored[LABEL_COLUMN], scored[SCORE_COLUMN], n_bins=10, strategy="quantile"
+        probability = scored[SCORE_COLUMN].clip(lower=edges[0]).to_numpy()
+        fraud = scored[LABEL_COLUMN].to_numpy()
+        bins = np.clip(np.digitize(probability, edges[1:-1]), 0, len(edges) - 2)
+        frame = pd.DataFrame({"bin": bins, "p": probability, "fraud": fraud})
+        grouped = frame.groupby("bin").agg(
+            predicted=("p", "mean"), observed=("fraud", "mean"), rows=("p", "size")
         )
-        axes.plot(predicted, observed, marker="o", label=name)
+        grouped = grouped[grouped["rows"] >= CALIBRATION_MIN_ROWS]
+        axes.plot(grouped["predicted"], grouped["observed"], marker="o", label=name)
     axes.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
     axes.set_yscale("symlog", linthresh=1e-3)
+    axes.set_ylim(0, 1)
     axes.set_xlabel("mean predicted fraud probability")
     axes.set_ylabel("observed fraud rate")
-    axes.set_title("Calibration, test folds (10 quantile bins)")
+    axes.set_title("Calibration, test folds (log-spaced bins)")
     axes.grid(alpha=0.3)
     axes.legend()
     _save(figure, path)

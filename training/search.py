@@ -36,7 +36,7 @@ OBJECTIVE_METRIC = "average_precision"
 SEARCH_SPACE: dict[str, tuple[float, float, bool]] = {
     "n_estimators": (100, 800, True),
     "learning_rate": (0.01, 0.2, True),
-    "num_leaves": (4, 64, True),
+    "num_leaves": (4, 256, True),
     "min_child_samples": (10, 400, True),
     "colsample_bytree": (0.4, 1.0, False),
     "reg_lambda": (0.0, 10.0, False),
