@@ -71,9 +71,11 @@ MONOTONE_CONSTRAINTS: dict[str, int] = {
 class ModelConfig:
     """Hyperparameters of the classifier.
 
-    They were set before looking at test-week results, not tuned. The training
-    week has about 600 frauds. Small trees with at least 50 rows a leaf and a
-    low learning rate keep single frauds from getting leaves of their own.
+    The defaults were set before looking at test-week results. The prequential
+    job (:mod:`training.search`) replaces the fields it searches with the values
+    chosen on the validation folds. The training week has about 600 frauds.
+    Small trees with at least 50 rows a leaf and a low learning rate keep single
+    frauds from getting leaves of their own.
     ``num_threads`` is fixed rather than taken from the machine. With the same
     data and parameters, ``deterministic`` and row-wise histograms make LightGBM
     rebuild the same trees (LightGBM documents this for ``deterministic``).
