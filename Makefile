@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo segment test test-unit bench-score bench-stream lint clean
+.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream lint clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -28,6 +28,12 @@ stack-down:
 ## demo: run the main job end to end on the real data
 demo: setup
 	$(PY) -m deploy.demo
+
+## train: fill the offline store for the prequential folds when it lacks a day,
+## then search, refit per test fold, verify, report and register the model
+## (extra options in TRAIN_ARGS, see python -m training.prequential --help)
+train: setup
+	$(PY) -m deploy.train $(TRAIN_ARGS)
 
 ## segment: cluster the offline store's customers and publish their segments
 ## (extra options in SEGMENT_ARGS, see python -m training.segmentation --help)

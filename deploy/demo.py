@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
-import redis
 
 from deploy import stack
 from fraudcore import store
@@ -67,17 +66,14 @@ def reset_state(settings: PlatformSettings) -> None:
     """Remove what an earlier demo left in the topics and stores."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topics = [
         settings.transactions_topic,
         settings.labels_topic,
         settings.online_changelog_topic,
     ]
-    existing = [name for name in topics if name in admin.list_topics(timeout=10).topics]
-    for future in (admin.delete_topics(existing) if existing else {}).values():
-        future.result(timeout=30)
-    _wait_for_topics_gone(admin, existing)
+    stack.delete_topics(settings, topics)
     # The loader's committed offsets would skip the start of the new changelog.
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     loader_group = LoaderSettings(**settings.model_dump()).loader_group_id
     listed = admin.list_consumer_groups(request_timeout=10).result()
     groups = {group.group_id for group in listed.valid}
@@ -87,10 +83,7 @@ def reset_state(settings: PlatformSettings) -> None:
 
     for folder in (settings.offline_store, settings.state_dir / "checkpoints"):
         subprocess.run(["rm", "-rf", str(folder)], check=True)
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
-    for start in range(0, len(keys), 5000):
-        client.delete(*keys[start : start + 5000])
+    stack.delete_redis_keys(settings)
     from streaming.online_writer import ensure_schema
 
     # Dropped rather than emptied, so that tables of an older layout go too.
@@ -99,24 +92,25 @@ def reset_state(settings: PlatformSettings) -> None:
     ensure_schema(settings.pg_dsn)
 
 
-def _wait_for_topics_gone(admin: Any, names: list[str]) -> None:
-    # Topic deletion is asynchronous on the broker: recreating too early fails.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not set(names) & set(admin.list_topics(timeout=10).topics):
-            return
-        time.sleep(0.5)
+def run_feature_job(
+    settings: PlatformSettings, environment: dict[str, str] | None = None
+) -> None:
+    """Run the PyFlink job in its own process until it has consumed the topics.
 
-
-def run_feature_job(settings: PlatformSettings) -> None:
-    """Run the PyFlink job in its own process until it has consumed the topics."""
+    Args:
+        settings: Settings whose state folder receives the job's log.
+        environment: Environment of the job, which reads its settings from
+            ``FRAUD_*`` variables; None keeps this process's environment.
+    """
     log_file = settings.state_dir / "logs" / "features-job.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     print(f"    job log: {log_file}")
     with log_file.open("w") as output:
         subprocess.run(
             [sys.executable, "-m", "streaming.features_job", "--bounded"],
             stdout=output,
             stderr=subprocess.STDOUT,
+            env=environment,
             check=True,
         )
 

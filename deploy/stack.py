@@ -281,6 +281,25 @@ def create_topics(settings: PlatformSettings) -> None:
         log.info("created topic %s", name)
 
 
+def delete_topics(settings: PlatformSettings, names: list[str]) -> None:
+    """Delete the topics of ``names`` that exist and wait until the broker drops them.
+
+    Topic deletion is asynchronous on the broker, and creating a topic of the
+    same name too early fails, so this waits up to a minute for them to go.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = [name for name in names if name in admin.list_topics(timeout=10).topics]
+    for future in (admin.delete_topics(existing) if existing else {}).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not set(existing) & set(admin.list_topics(timeout=10).topics):
+            return
+        time.sleep(0.5)
+
+
 # --- Redis ------------------------------------------------------------------
 
 
@@ -308,6 +327,16 @@ def _redis_answers(url: str) -> bool:
     import redis
 
     return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+
+
+def delete_redis_keys(settings: PlatformSettings) -> None:
+    """Delete every Redis key that starts with the settings' prefix."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}:*", count=5000))
+    for start in range(0, len(keys), 5000):
+        client.delete(*keys[start : start + 5000])
 
 
 # --- PostgreSQL --------------------------------------------------------------

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from deploy import stack
@@ -92,30 +91,8 @@ def test_settings(
     )
     stack.create_topics(settings)
     yield settings
-    delete_topics(settings)
-    delete_redis_keys(settings)
-
-
-def delete_topics(settings: PlatformSettings) -> None:
-    """Delete every topic of ``settings``."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    for future in admin.delete_topics(settings.topics()).values():
-        future.result(timeout=30)
-
-
-def delete_redis_keys(settings: PlatformSettings) -> None:
-    """Delete every Redis key under the prefix of ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url)
-    batch = []
-    for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) == 1000:
-            client.delete(*batch)
-            batch.clear()
-    if batch:
-        client.delete(*batch)
+    stack.delete_topics(settings, settings.topics())
+    stack.delete_redis_keys(settings)
 
 
 def settings_environment(settings: PlatformSettings) -> dict[str, str]:
@@ -192,5 +169,5 @@ def simulated_span(
             run_bounded_feature_job(settings, state / "checkpoints")
             yield StreamedSpan(settings, frame, result.transactions)
         finally:
-            delete_topics(settings)
-            delete_redis_keys(settings)
+            stack.delete_topics(settings, settings.topics())
+            stack.delete_redis_keys(settings)

@@ -12,13 +12,16 @@ Part files are Parquet without a ``.parquet`` suffix. Files whose names start wi
 from __future__ import annotations
 
 import logging
+from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.timeutil import MS_PER_DAY
 from training.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ LABELS_DIR = "labels"
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id")
 FEATURE_COLUMNS = (*ID_COLUMNS, "event_ms", *MODEL_INPUTS)
 LABEL_COLUMNS = (*ID_COLUMNS, "transaction_ms", "label_ms", "fraud")
+
+_EPOCH = date(1970, 1, 1)
 
 # The dt= directory names only route files; the loader reads days from event_ms,
 # so the partition key is read as text and then dropped.
@@ -140,7 +145,49 @@ def load_labelled_features(offline_store: Path) -> pd.DataFrame:
     unmatched = len(labels) - len(joined)
     if unmatched:
         log.warning("%d labels have no feature row and are skipped", unmatched)
-    return _sort_transactions(joined)
+    return sort_transactions(joined)
+
+
+def daily_coverage(offline_store: Path) -> pd.DataFrame:
+    """Count, per UTC transaction day, the feature rows and the labels of the store.
+
+    Parameters
+    ----------
+    offline_store : Path
+        Root of the offline store.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_days, 3)
+        Indexed by ``datetime.date``: ``feature_rows``, ``labels`` and
+        ``labels_without_features`` (labelled transactions that have no feature
+        row), 0 where a day has none.
+
+    Raises
+    ------
+    InputDataError
+        If either folder is missing, unreadable or empty.
+    """
+    root = Path(offline_store)
+    features = _read_partitions(root / FEATURES_DIR, ("transaction_id", "event_ms"))
+    labels = _read_partitions(root / LABELS_DIR, ("transaction_id", "transaction_ms"))
+    unmatched = ~labels["transaction_id"].isin(features["transaction_id"])
+    counts = pd.DataFrame(
+        {
+            "feature_rows": _day_counts(features["event_ms"]),
+            "labels": _day_counts(labels["transaction_ms"]),
+            "labels_without_features": _day_counts(
+                labels.loc[unmatched, "transaction_ms"]
+            ),
+        }
+    )
+    return counts.fillna(0).astype("int64").sort_index()
+
+
+def _day_counts(epoch_ms: pd.Series) -> pd.Series:
+    counts = pd.Series(epoch_ms.to_numpy(dtype=np.int64) // MS_PER_DAY).value_counts()
+    counts.index = [_EPOCH + timedelta(days=int(number)) for number in counts.index]
+    return counts
 
 
 def _read_partitions(folder: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -206,7 +253,8 @@ def _drop_duplicate_ids(frame: pd.DataFrame, kind: str, keep: str) -> pd.DataFra
     return frame.reset_index(drop=True)
 
 
-def _sort_transactions(frame: pd.DataFrame) -> pd.DataFrame:
+def sort_transactions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows by event time, then transaction id, as the stream job orders them."""
     # Same order as fraudcore.features.order_key: event time, then the id by
     # length and text, so decimal ids sort as numbers.
     keyed = frame.assign(_id_length=frame["transaction_id"].str.len())

@@ -16,3 +16,15 @@ class VerificationError(TrainingError):
 
     The CLI exits with code 1 and does not register the model.
     """
+
+
+class DataContractError(TrainingError):
+    """A training set failed the data contract of :mod:`training.contract`.
+
+    ``report`` lists each failed expectation on its own line. The CLI exits with
+    code 3 and fits nothing.
+    """
+
+    def __init__(self, report: str) -> None:
+        super().__init__(report)
+        self.report = report

@@ -128,11 +128,11 @@ def run(options: JobOptions) -> JobResult:
     fitted = _fit(train, options.config)
     exported = classifier.to_onnx(fitted.model).SerializeToString()
     created_at = datetime.now(UTC).replace(microsecond=0)
-    version = _version(created_at, exported)
-    artifact = _write_artifacts(options.model_dir / version, exported, fitted.model)
+    version = model_version(created_at, exported)
+    artifact = write_artifacts(options.model_dir / version, exported, fitted.model)
 
     session = classifier.onnx_session(exported)
-    checks, failure = _verify(fitted.model, session, train, test)
+    checks, failure = verify_export(fitted.model, session, train, test)
     probability = classifier.onnx_fraud_probability(
         session, classifier.model_matrix(test)
     )
@@ -161,11 +161,12 @@ def run(options: JobOptions) -> JobResult:
             threshold=fitted.threshold,
             created_at=created_at,
         )
-        _register(options.pg_dsn, record)
+        register(options.pg_dsn, record)
     return JobResult(version, artifact, report, metrics)
 
 
-def _register(pg_dsn: str, record: ModelRecord) -> None:
+def register(pg_dsn: str, record: ModelRecord) -> None:
+    """Insert ``record`` into the registry of the database at ``pg_dsn``."""
     with psycopg.connect(pg_dsn, connect_timeout=10) as conn:
         register_model(conn, record)
 
@@ -187,12 +188,14 @@ def _fit(train: pd.DataFrame, config: classifier.ModelConfig) -> FittedModel:
     return FittedModel(model, threshold, fitted_at - started, finished - fitted_at)
 
 
-def _version(created_at: datetime, exported: bytes) -> str:
+def model_version(created_at: datetime, exported: bytes) -> str:
+    """Return the version name of an exported model: its time and hash prefix."""
     # The time orders versions, and the hash prefix separates models of one second.
     return f"{created_at:%Y%m%dT%H%M%SZ}-{hashlib.sha256(exported).hexdigest()[:8]}"
 
 
-def _write_artifacts(folder: Path, exported: bytes, model: lgb.LGBMClassifier) -> Path:
+def write_artifacts(folder: Path, exported: bytes, model: lgb.LGBMClassifier) -> Path:
+    """Write the ONNX file and the LightGBM text model; return the ONNX path."""
     folder.mkdir(parents=True, exist_ok=True)
     artifact = (folder / ONNX_FILE).resolve()
     artifact.write_bytes(exported)
@@ -202,12 +205,16 @@ def _write_artifacts(folder: Path, exported: bytes, model: lgb.LGBMClassifier) -
     return artifact
 
 
-def _verify(
+def verify_export(
     model: lgb.LGBMClassifier,
     session: ort.InferenceSession,
     train: pd.DataFrame,
     test: pd.DataFrame,
 ) -> tuple[dict[str, Any], VerificationError | None]:
+    """Check ONNX parity on every row and monotonicity on the test rows.
+
+    Returns the check results and the first failure, or None when both passed.
+    """
     x_test = classifier.model_matrix(test)
     x_all = np.concatenate([classifier.model_matrix(train), x_test])
     failure: VerificationError | None = None

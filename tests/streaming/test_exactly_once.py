@@ -41,8 +41,6 @@ from streaming import replay
 from streaming.simulator import add_device_ids, simulate_transactions
 from tests.conftest import (
     created_database,
-    delete_redis_keys,
-    delete_topics,
     settings_environment,
 )
 
@@ -86,8 +84,8 @@ def runs(
             name_of_db = f"fraud_test_{run_id}_{name}"
             dsn = cleanup.enter_context(created_database(base_settings, name_of_db))
             each = _run_settings(test_settings, name, dsn)
-            cleanup.callback(delete_redis_keys, each)
-            cleanup.callback(delete_topics, each)
+            cleanup.callback(stack.delete_redis_keys, each)
+            cleanup.callback(stack.delete_topics, each, each.topics())
             stack.create_topics(each)
             replay.replay(each, transactions, FIRST_DAY, LAST_DAY)
             _produce_closing_events(each, transactions)

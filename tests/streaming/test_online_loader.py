@@ -14,6 +14,7 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from deploy import stack
 from fraudcore.features import (
     STATE_RETENTION_MS,
     CustomerEvent,
@@ -29,7 +30,7 @@ from streaming.online_writer import (
     encode_change,
     ensure_schema,
 )
-from tests.conftest import created_database, delete_redis_keys
+from tests.conftest import created_database
 from tests.services.scorer.conftest import TcpProxy
 
 DAY_MS = 86_400_000
@@ -76,7 +77,7 @@ def namespace(
         )
         ensure_schema(settings.pg_dsn)
         yield settings
-        delete_redis_keys(settings)
+        stack.delete_redis_keys(settings)
 
 
 def redis_contents(settings: PlatformSettings) -> dict[str, list[tuple[bytes, float]]]:
@@ -109,7 +110,7 @@ def write(settings: PlatformSettings, changes: list[Change], batch: int) -> None
 
 
 def clear(settings: PlatformSettings) -> None:
-    delete_redis_keys(settings)
+    stack.delete_redis_keys(settings)
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE customer_events, terminal_labels")
 

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 from fraudcore.settings import PlatformSettings
-from tests.training.factories import epoch_ms, store_frames
+from tests.training.factories import epoch_ms, prequential_rows, store_frames
 from training import model as classifier
 from training.dataset import load_labelled_features
 from training.evaluation import CHAPTER3_WINDOW, split_train_test
+from training.folds import TEST_FOLDS, VALIDATION_FOLDS
 from training.reference import REFERENCE_FILE, build_offline_store, write_offline_store
 
 REFERENCE_PATH = PlatformSettings().data_dir / REFERENCE_FILE
@@ -79,4 +80,23 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
     root = tmp_path_factory.mktemp("small") / "offline"
     write_offline_store(*store_frames(rows), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prequential_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Synthetic feature and label rows over every day of the prequential folds."""
+    first = VALIDATION_FOLDS[0].window.train_start
+    last = TEST_FOLDS[-1].window.test_dates()[-1]
+    return store_frames(prequential_rows(first, (last - first).days + 1))
+
+
+@pytest.fixture(scope="session")
+def prequential_store(
+    prequential_frames: tuple[pd.DataFrame, pd.DataFrame],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """Offline store of ``prequential_frames``."""
+    root = tmp_path_factory.mktemp("prequential") / "offline"
+    write_offline_store(*prequential_frames, root)
     return root

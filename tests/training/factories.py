@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
-from fraudcore.features import LABEL_DELAY_DAYS, MODEL_INPUTS
+from fraudcore.features import LABEL_DELAY_DAYS, MODEL_INPUTS, WINDOW_DAYS
 from fraudcore.timeutil import MS_PER_DAY
 
 
@@ -37,3 +38,43 @@ def store_frames(
         fraud=frame["fraud"].astype("int64"),
     )
     return features, labels
+
+
+def prequential_rows(
+    first_day: date, days: int, per_day: int = 120, seed: int = 0
+) -> list[dict[str, object]]:
+    """Build ``per_day`` transactions a day for ``days`` days from ``first_day``.
+
+    Fraud is any amount above 292 plus 0.5% of the rest (about 3% in all), so
+    a model can learn it and the fraud rate is within the contract's limits.
+    The terminal risk rises with fraud, the customer mean amounts equal the
+    amount and the flags are 0 or 1, so the rows pass the data contract. Ids
+    are ``<day offset>-<index>``.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        for index in range(per_day):
+            amount = float(rng.uniform(1, 300))
+            fraud = amount > 292 or rng.random() < 0.005
+            rows.append(
+                {
+                    "transaction_id": f"{offset}-{index}",
+                    "customer_id": str(rng.integers(0, 3000)),
+                    "terminal_id": str(rng.integers(0, 100)),
+                    "event_ms": epoch_ms(day) + index * 60_000,
+                    "fraud": int(fraud),
+                    "TX_AMOUNT": amount,
+                    "TX_DURING_NIGHT": float(index % 4 == 0),
+                    "CUSTOMER_ID_NB_TX_1DAY_WINDOW": float(rng.integers(1, 5)),
+                    **{
+                        f"CUSTOMER_ID_AVG_AMOUNT_{days}DAY_WINDOW": amount
+                        for days in WINDOW_DAYS
+                    },
+                    "TERMINAL_ID_RISK_7DAY_WINDOW": float(
+                        rng.uniform(0.3, 1.0) if fraud else rng.uniform(0, 0.5)
+                    ),
+                }
+            )
+    return rows
