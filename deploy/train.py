@@ -46,8 +46,8 @@ REFRESH_DIR = "train-refresh"
 # goes quiet only when its reader stalls on a busy machine. With the job's usual
 # 10 s idle timeout the watermark then jumps to the labels, which run 7 days
 # ahead, and the stalled partition's transactions are dropped as late events.
-# NOTE: that cause is inferred from which rows went missing in one refresh; the
-# late-events count that the refresh now logs is the evidence to check.
+# NOTE: that cause is inferred from which rows went missing, so it is uncertain.
+# The late-events count that the refresh logs confirms or refutes it.
 REPLAY_IDLE_TIMEOUT_MS = 3_600_000
 
 

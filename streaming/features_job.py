@@ -463,11 +463,10 @@ class TerminalWindows(KeyedCoProcessFunction):
     def close(self) -> None:
         self._writes.close()
 
-    def process_element1(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
+    def process_element1(self, value: dict[str, Any], ctx: Any) -> None:
         # Transactions passed the lateness check upstream and are never dropped here.
         self._pending_tx.add(value["event_ms"], value)
         ctx.timer_service().register_event_time_timer(value["event_ms"])
-        yield from ()
 
     def process_element2(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
         watermark = ctx.timer_service().current_watermark()

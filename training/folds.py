@@ -11,7 +11,7 @@ apart form a set, and two sets are used:
 
 A fold's model is trained at its cut-off, the start of its first test day. Its
 training rows are the training week's transactions whose label was known by
-then (``label_ms`` before the cut-off); a label that arrived later is left out,
+then (``label_ms`` before the cut-off). A label that arrived later is left out,
 as it would be in production. The test rows carry the labels known at the end
 of the data, and the cards known to be compromised are removed from them by
 :func:`training.evaluation.remove_known_compromised`.

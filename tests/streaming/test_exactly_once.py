@@ -83,13 +83,13 @@ def runs(
         for name in ("whole", "killed"):
             name_of_db = f"fraud_test_{run_id}_{name}"
             dsn = cleanup.enter_context(created_database(base_settings, name_of_db))
-            each = _run_settings(test_settings, name, dsn)
-            cleanup.callback(stack.delete_redis_keys, each)
-            cleanup.callback(stack.delete_topics, each, each.topics())
-            stack.create_topics(each)
-            replay.replay(each, transactions, FIRST_DAY, LAST_DAY)
-            _produce_closing_events(each, transactions)
-            settings.append(each)
+            run_settings = _run_settings(test_settings, name, dsn)
+            cleanup.callback(stack.delete_redis_keys, run_settings)
+            cleanup.callback(stack.delete_topics, run_settings, run_settings.topics())
+            stack.create_topics(run_settings)
+            replay.replay(run_settings, transactions, FIRST_DAY, LAST_DAY)
+            _produce_closing_events(run_settings, transactions)
+            settings.append(run_settings)
         yield settings[0], settings[1]
 
 
