@@ -26,6 +26,7 @@ from fraudcore.store import customer_key, device_key, encode_customer_member
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.feature_store import HistoryLookup, HistoryQuery
+from services.scorer.idempotency import PENDING_PREFIX, decision_key
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.registry import ServedModel
 from services.scorer.settings import ScorerSettings
@@ -104,6 +105,25 @@ def make_device_history(stores: SeededStores) -> list[DeviceEvent]:
         DeviceEvent(EVENT_MS + 1, "later", "c-after"),
     ]
     return events
+
+
+def forget_redis(stores: SeededStores, timeout_s: float = 10.0) -> None:
+    """Empty this test's Redis keys once the scorer has stored its decision.
+
+    The scorer replaces its pending claim with the decision in the background;
+    a flush before that write would leave the decision behind, and the next
+    request with the same id would get it back as a replay.
+    """
+    key = decision_key(stores.prefix, transaction_id(stores))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stored = stores.redis.get(key)
+        if stored is not None and not stored.startswith(PENDING_PREFIX):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the scorer stored no decision under {key}")
+        time.sleep(0.01)
+    stores.flush_redis()
 
 
 def request_body(stores: SeededStores, device: bool = False) -> dict[str, object]:
@@ -198,7 +218,7 @@ def test_redis_and_postgres_paths_match_offline(
     expected = offline_features(stores, events, labels)
 
     from_redis = served.decision(request_body(stores))
-    stores.flush_redis()
+    forget_redis(stores)
     from_postgres = served.decision(request_body(stores))
 
     assert from_redis["feature_source"] == "redis"
@@ -228,7 +248,7 @@ def test_device_paths_match_offline(
     expected = offline_features(stores, events, labels, devices)
 
     from_redis = served.decision(request_body(stores, device=True))
-    stores.flush_redis()
+    forget_redis(stores)
     from_postgres = served.decision(request_body(stores, device=True))
 
     assert from_redis["feature_source"] == "redis"
