@@ -107,21 +107,21 @@ def make_device_history(stores: SeededStores) -> list[DeviceEvent]:
     return events
 
 
-def forget_redis(stores: SeededStores, timeout_s: float = 10.0) -> None:
+def forget_redis(stores: SeededStores, timeout_seconds: float = 10.0) -> None:
     """Empty this test's Redis keys once the scorer has stored its decision.
 
-    The scorer replaces its pending claim with the decision in the background;
-    a flush before that write would leave the decision behind, and the next
-    request with the same id would get it back as a replay.
+    The scorer replaces its pending claim with the decision in the background.
+    A flush before that write leaves the decision behind, so the next request
+    with the same id would get it back as a replay.
     """
     key = decision_key(stores.prefix, transaction_id(stores))
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout_seconds
     while True:
         stored = stores.redis.get(key)
         if stored is not None and not stored.startswith(PENDING_PREFIX):
             break
         if time.monotonic() > deadline:
-            raise AssertionError(f"the scorer stored no decision under {key}")
+            raise AssertionError(f"timed out after {timeout_seconds} s waiting for a decision under {key}")
         time.sleep(0.01)
     stores.flush_redis()
 
