@@ -59,6 +59,10 @@ bench-score: setup
 bench-stream: setup
 	$(PY) -m load.bench_stream
 
+## bench-freshness: time produced transactions until Redis has them, at 1,000/s
+bench-freshness: setup
+	$(PY) -m load.bench_stream --freshness-only
+
 ## lint: check formatting and common mistakes
 lint: setup
 	$(VENV)/bin/ruff check .

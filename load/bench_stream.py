@@ -32,9 +32,10 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Histogram, write_to_textfile
 
 from deploy import stack
+from fraudcore.features import CustomerEvent
 from fraudcore.schema import TransactionRecord, encode
 from fraudcore.settings import REPO_ROOT, PlatformSettings
-from fraudcore.store import customer_key
+from fraudcore.store import customer_key, encode_customer_member
 from fraudcore.timeutil import format_timestamp_ms
 from streaming import replay
 from streaming.batch_features import batch_features
@@ -42,6 +43,7 @@ from streaming.batch_features import batch_features
 log = logging.getLogger(__name__)
 
 REPORT_DIR = REPO_ROOT / "reports" / "bench"
+AMOUNT = 42.0
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
@@ -187,13 +189,14 @@ def _wait_until_consuming(settings: PlatformSettings) -> None:
 
 def _produce(
     producer: Producer, settings: PlatformSettings, tx_id: str, customer: str
-) -> None:
+) -> str:
+    """Produce a transaction stamped with the current time and return its Redis member."""
     now_ms = int(time.time() * 1000)
     record = TransactionRecord(
         transaction_id=tx_id,
         customer_id=customer,
         terminal_id=f"terminal-{hash(customer) % 500}",
-        amount=42.0,
+        amount=AMOUNT,
         timestamp=format_timestamp_ms(now_ms),
     )
     producer.produce(
@@ -202,6 +205,8 @@ def _produce(
         key=customer.encode(),
         timestamp=now_ms,
     )
+    event = CustomerEvent(now_ms, tx_id, AMOUNT, record.terminal_id)
+    return encode_customer_member(event)
 
 
 def _paced_run(
@@ -224,11 +229,11 @@ def _paced_run(
             time.sleep(delay)
         tx_id = f"fresh-{index}"
         customer = f"customer-{index % 2000}"
-        _produce(producer, settings, tx_id, customer)
+        member = _produce(producer, settings, tx_id, customer)
         producer.poll(0)
         if index % sample_every == 0:
             with lock:
-                pending[tx_id] = (customer, time.perf_counter())
+                pending[tx_id] = (customer, member, time.perf_counter())
     producer.flush(30)
     deadline = time.perf_counter() + 30
     while pending and time.perf_counter() < deadline:
@@ -248,11 +253,11 @@ def _watch_redis(settings, pending, lock, latencies, done) -> None:
             time.sleep(0.002)
             continue
         pipe = client.pipeline(transaction=False)
-        for tx_id, (customer, _) in batch:
+        for _, (customer, member, _) in batch:
             key = customer_key(settings.redis_prefix, customer)
-            pipe.zscore(key, f"{tx_id}|42.0")
+            pipe.zscore(key, member)
         found_at = time.perf_counter()
-        for (tx_id, (_, sent)), score in zip(batch, pipe.execute(), strict=True):
+        for (tx_id, (_, _, sent)), score in zip(batch, pipe.execute(), strict=True):
             if score is not None:
                 latencies.append(found_at - sent)
                 with lock:
@@ -286,6 +291,18 @@ def _freshness_report(
     }
 
 
+def _freshness_only(base: PlatformSettings, rate: int, seconds: int) -> int:
+    started_servers = stack.up(base)
+    try:
+        freshness = measure_freshness(base, rate, seconds)
+    finally:
+        stack.down(base, started_servers)
+    report = {"machine": f"{os.cpu_count()} cores", "freshness": freshness}
+    (REPORT_DIR / "freshness.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its report."""
     parser = argparse.ArgumentParser(prog="python -m load.bench_stream")
@@ -297,9 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="replay only the first N days (0: all of them)",
     )
+    parser.add_argument(
+        "--freshness-only",
+        action="store_true",
+        help="measure freshness only, and write reports/bench/freshness.json",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base = PlatformSettings()
+    if args.freshness_only:
+        return _freshness_only(base, args.rate, args.freshness_seconds)
     started_servers = stack.up(base)
     try:
         frame = pd.read_parquet(base.data_dir / "transactions.parquet")
