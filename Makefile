@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream lint clean
+.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream bench-freshness lint clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
