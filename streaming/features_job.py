@@ -86,6 +86,8 @@ from fraudcore.features import (
 from fraudcore.schema import decode_label, decode_transaction
 from fraudcore.settings import REPO_ROOT
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms, parse_timestamp_ms
+from streaming import job_metrics
+from streaming.job_metrics import free_port
 from streaming.online_loader import LoaderSettings, start_in_thread
 from streaming.online_writer import OnlineStoreWriter, encode_change, ensure_schema
 
@@ -128,6 +130,8 @@ class StreamJobSettings(LoaderSettings):
     # is flushed after writer_flush_ms of processing time.
     writer_batch_size: int = 1_000
     writer_flush_ms: int = 200
+    # Port on 127.0.0.1 of the job's Prometheus endpoint; 0 serves none.
+    stream_metrics_port: int = 9250
 
 
 # --- parsing -----------------------------------------------------------------
@@ -600,37 +604,49 @@ def build_pipeline(
         The statement set of the offline-store sinks, to attach before executing.
     """
     strategy = _watermarks(settings)
-    transactions = env.from_source(
-        _kafka_source(settings, settings.transactions_topic, bounded),
-        strategy,
-        "transactions",
-    ).process(
-        ParseRecords(settings.transactions_topic, "transaction"),
-        output_type=Types.PICKLED_BYTE_ARRAY(),
+    transactions = (
+        env.from_source(
+            _kafka_source(settings, settings.transactions_topic, bounded),
+            strategy,
+            "transactions",
+        )
+        .process(
+            ParseRecords(settings.transactions_topic, "transaction"),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("parse transactions")
     )
-    labels = env.from_source(
-        _kafka_source(settings, settings.labels_topic, bounded), strategy, "labels"
-    ).process(
-        ParseRecords(settings.labels_topic, "label"),
-        output_type=Types.PICKLED_BYTE_ARRAY(),
+    labels = (
+        env.from_source(
+            _kafka_source(settings, settings.labels_topic, bounded), strategy, "labels"
+        )
+        .process(
+            ParseRecords(settings.labels_topic, "label"),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("parse labels")
     )
     transactions.get_side_output(DEAD_LETTERS).union(
         labels.get_side_output(DEAD_LETTERS)
     ).sink_to(_kafka_sink(settings, settings.dead_letter_topic)).name("dead letters")
 
-    with_customer = transactions.key_by(lambda tx: tx["customer_id"]).process(
-        CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY()
+    with_customer = (
+        transactions.key_by(lambda tx: tx["customer_id"])
+        .process(CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("customer windows")
     )
     with_device = (
         with_customer.get_side_output(WITH_DEVICE)
         .key_by(lambda tx: tx["device_id"])
         .process(DeviceWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("device windows")
     )
     feature_rows = (
         with_customer.union(with_device)
         .key_by(lambda tx: tx["terminal_id"])
         .connect(labels.key_by(lambda label: label["terminal_id"]))
         .process(TerminalWindows(settings), output_type=FEATURE_ROW)
+        .name("terminal windows")
     )
     label_rows = labels.map(_label_row, output_type=LABEL_ROW)
     with_customer.get_side_output(LATE_EVENTS).union(
@@ -689,13 +705,17 @@ def _sql_type(type_info: Any) -> str:
 
 
 def make_environment(
-    settings: StreamJobSettings, restore_from: Path | None = None
+    settings: StreamJobSettings,
+    restore_from: Path | None = None,
+    rest_port: int | None = None,
 ) -> StreamExecutionEnvironment:
     """Create the execution environment with the connector jars and Python settings.
 
     Args:
         settings: the job's settings.
         restore_from: a completed checkpoint to resume from, or None.
+        rest_port: port of the Flink REST API on 127.0.0.1, or None for Flink's
+            default.
     """
     from deploy.stack import flink_jars
 
@@ -730,6 +750,10 @@ def make_environment(
     config.set_string("restart-strategy.type", "none")
     config.set_string("rest.bind-address", "127.0.0.1")
     config.set_string("rest.address", "127.0.0.1")
+    if rest_port is not None:
+        config.set_string("rest.port", str(rest_port))
+        # The REST API caches metrics this long, and the default is 10 s.
+        config.set_string("metrics.fetcher.update-interval", "1000")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(settings.parallelism)
     return env
@@ -769,15 +793,40 @@ def run(
     """
     ensure_schema(settings.pg_dsn)
     loader, thread = start_in_thread(settings) if with_loader else (None, None)
-    env = make_environment(settings, restore_from)
+    rest_port = free_port() if settings.stream_metrics_port else None
+    env = make_environment(settings, restore_from, rest_port)
     build_pipeline(env, settings, bounded).attach_as_datastream()
-    env.execute("fraud-features")
+    job = env.execute_async("fraud-features")
+    metrics_server = None
+    if rest_port is not None:
+        metrics_server = _serve_metrics(settings, rest_port, str(job.get_job_id()))
+    try:
+        job.get_job_execution_result().result()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
     if loader is None or thread is None:
         return
     loader.drain()
     thread.join()
     if loader.error is not None:
         raise RuntimeError("the online loader stopped") from loader.error
+
+
+def _serve_metrics(settings: StreamJobSettings, rest_port: int, job_id: str) -> Any:
+    try:
+        return job_metrics.serve(
+            settings.stream_metrics_port, f"http://127.0.0.1:{rest_port}", job_id
+        )
+    except OSError as exc:
+        # The job is worth more than its metrics, so it runs on without them.
+        log.error(
+            "serving the job's metrics on 127.0.0.1:%d failed: %s; set "
+            "FRAUD_STREAM_METRICS_PORT to a free port, or to 0 to serve none",
+            settings.stream_metrics_port,
+            exc,
+        )
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import base64
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,12 +20,14 @@ import pyarrow.dataset as ds
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import stack
 from fraudcore.schema import TransactionRecord, encode
 from fraudcore.settings import PlatformSettings
 from fraudcore.store import customer_key, decode_customer_members
 from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
+from streaming.job_metrics import free_port
 from tests.conftest import settings_environment
 
 pytestmark = pytest.mark.integration
@@ -56,6 +59,7 @@ class FaultRun:
     settings: PlatformSettings
     on_time_ids: list[str]
     late_id: str
+    metrics_url: str
 
 
 def transaction(tx_id: str, event_ms: int) -> TransactionRecord:
@@ -123,6 +127,7 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
     offline_store = test_settings.offline_store.parent / "faults-offline"
     settings = test_settings.namespaced(prefix, offline_store)
     stack.create_topics(settings)
+    metrics_port = free_port()
     environment = settings_environment(settings)
     environment |= {
         "FRAUD_CONSUMER_GROUP": f"{prefix}-features",
@@ -130,6 +135,7 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
         "FRAUD_CHECKPOINT_INTERVAL_MS": "2000",
         "FRAUD_IDLE_TIMEOUT_MS": "1000",
         "FRAUD_ALLOWED_LATENESS_MS": str(HOUR_MS),
+        "FRAUD_STREAM_METRICS_PORT": str(metrics_port),
     }
     job = subprocess.Popen(
         [sys.executable, "-m", "streaming.features_job"], env=environment
@@ -155,7 +161,8 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
                 (encode(transaction("after-late", after_ms)), after_ms),
             ],
         )
-        yield FaultRun(settings, on_time_ids, "late-1")
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield FaultRun(settings, on_time_ids, "late-1", metrics_url)
     finally:
         job.terminate()
         job.wait(timeout=60)
@@ -194,3 +201,38 @@ def test_stream_faults_late_event_not_in_stores(fault_run):
     assert "on-time-0" in ids
     assert fault_run.late_id not in ids
     assert fault_run.late_id not in offline_ids(fault_run.settings)
+
+
+def scrape(url: str) -> dict[str, dict[str, float]]:
+    """Return each sample of the job's endpoint by name and operator label."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            operator = sample.labels.get("operator", "")
+            samples.setdefault(sample.name, {})[operator] = sample.value
+    return samples
+
+
+def test_stream_faults_metrics_count_bad_and_late(fault_run):
+    read_topic(fault_run.settings, fault_run.settings.late_events_topic, 1)
+    expected = {
+        "fraud_stream_dead_letters_total": len(BAD_RECORDS),
+        "fraud_stream_late_events_total": 1,
+    }
+    samples: dict[str, dict[str, float]] = {}
+
+    def counted() -> bool:
+        nonlocal samples
+        samples = scrape(fault_run.metrics_url)
+        return all(
+            sum(samples.get(name, {}).values()) == count
+            for name, count in expected.items()
+        )
+
+    wait_for(counted, "the dead-letter and late-event counters")
+    assert samples["fraud_stream_up"][""] == 1.0
+    assert sum(samples["fraud_stream_records_in_total"].values()) > 0
+    watermarks = samples["fraud_stream_watermark_seconds"]
+    assert max(watermarks.values()) * 1000 >= START_MS + 40 * HOUR_MS

@@ -1,0 +1,76 @@
+"""The job's Prometheus endpoint: Flink metric ids to exported samples."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streaming.job_metrics import (
+    NO_WATERMARK,
+    FlinkJobCollector,
+    FlinkRestClient,
+    MetricValue,
+    free_port,
+)
+
+
+class FixedClient:
+    """A REST client that returns the same metrics at every scrape."""
+
+    def __init__(self, values: list[MetricValue]) -> None:
+        self._values = values
+
+    def vertex_metrics(self) -> list[MetricValue]:
+        return self._values
+
+
+def exported(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FlinkJobCollector(client))
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_job_metrics_labels_by_operator_and_task():
+    values = [
+        MetricValue("parse transactions", "parse_transactions.dead_letter_records", 3),
+        MetricValue("customer windows", "customer_windows.late_events", 2),
+        MetricValue("customer windows", "numRecordsIn", 50),
+        MetricValue("customer windows", "customer_windows.numRecordsIn", 50),
+        MetricValue("customer windows", "currentInputWatermark", 1_530_000_000_000),
+    ]
+    samples = exported(FixedClient(values))
+    dead = ("fraud_stream_dead_letters_total", (("operator", "parse_transactions"),))
+    late = ("fraud_stream_late_events_total", (("operator", "customer_windows"),))
+    records = ("fraud_stream_records_in_total", (("task", "customer windows"),))
+    watermark = ("fraud_stream_watermark_seconds", (("task", "customer windows"),))
+    assert samples[("fraud_stream_up", ())] == 1.0
+    assert samples[dead] == 3.0
+    assert samples[late] == 2.0
+    assert samples[records] == 50.0  # the operator's own count is not added
+    assert samples[watermark] == 1_530_000_000.0
+
+
+def test_job_metrics_sums_operators_of_one_name():
+    values = [
+        MetricValue("parse", "Map.dead_letter_records", 1),
+        MetricValue("parse", "Map.dead_letter_records", 4),
+    ]
+    samples = exported(FixedClient(values))
+    assert samples[("fraud_stream_dead_letters_total", (("operator", "Map"),))] == 5.0
+
+
+def test_job_metrics_skips_missing_watermark():
+    values = [MetricValue("device windows", "currentInputWatermark", NO_WATERMARK)]
+    samples = exported(FixedClient(values))
+    assert not [name for name, _ in samples if name == "fraud_stream_watermark_seconds"]
+
+
+def test_job_metrics_down_when_rest_unreachable():
+    client = FlinkRestClient(f"http://127.0.0.1:{free_port()}", "0" * 32)
+    samples = exported(client)
+    assert samples == {("fraud_stream_up", ()): 0.0}
