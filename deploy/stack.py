@@ -117,7 +117,18 @@ def flink_jars(settings: PlatformSettings) -> list[Path]:
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _spawn(name: str, command: list[str], paths: Paths, user: str | None = None) -> int:
+def spawn(
+    name: str,
+    command: list[str],
+    paths: Paths,
+    user: str | None = None,
+    environment: dict[str, str] | None = None,
+) -> int:
+    """Start ``command`` in its own session, logging to the server's log file.
+
+    Returns:
+        The PID, also written to the server's PID file.
+    """
     with paths.log_file(name).open("ab") as log_file:
         process = subprocess.Popen(
             command,
@@ -125,6 +136,7 @@ def _spawn(name: str, command: list[str], paths: Paths, user: str | None = None)
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=environment,
             **_identity(user),
         )
     _children[process.pid] = process
@@ -144,10 +156,16 @@ def _identity(user: str | None) -> dict[str, Any]:
     return {"user": user, "group": user, "extra_groups": []}
 
 
-def _wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
+def wait_until(name: str, check, paths: Paths, pid: int | None) -> None:
+    """Wait until ``check()`` is true, failing early when process ``pid`` exits.
+
+    Raises:
+        StackError: if the process exits or the check stays false for
+            ``READY_TIMEOUT_SECONDS``.
+    """
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise StackError(
                 f"{name} exited during start-up; see {paths.log_file(name)}:\n"
                 + log_tail(paths.log_file(name))
@@ -171,7 +189,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Return whether process ``pid`` runs (a child this process started, or any)."""
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
@@ -239,10 +258,10 @@ def _launch_kafka(host: str, port: int, paths: Paths) -> None:
         subprocess.run(java + storage, check=True, capture_output=True)
     log4j = REPO_ROOT / "deploy" / "local" / "kafka-log4j2.yaml"
     command = java + [f"-Dlog4j2.configurationFile={log4j}", "kafka.Kafka", str(config)]
-    pid = _spawn("kafka", command, paths)
+    pid = spawn("kafka", command, paths)
     # Probe the port first: librdkafka logs every refused connection to stderr.
     ready = lambda: is_listening(host, port) and _kafka_answers(f"{host}:{port}")  # noqa: E731
-    _wait_until("kafka", ready, paths, pid)
+    wait_until("kafka", ready, paths, pid)
 
 
 def _kafka_cluster_id() -> str:
@@ -319,8 +338,8 @@ def start_redis(settings: PlatformSettings, paths: Paths) -> None:
     # Persistence is off: PostgreSQL keeps the durable copy of the online store.
     command = [server, "--bind", host, "--port", str(port), "--dir", str(data_dir)]
     command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    pid = _spawn("redis", command, paths)
-    _wait_until("redis", lambda: _redis_answers(settings.redis_url), paths, pid)
+    pid = spawn("redis", command, paths)
+    wait_until("redis", lambda: _redis_answers(settings.redis_url), paths, pid)
 
 
 def _redis_answers(url: str) -> bool:
@@ -365,9 +384,9 @@ def start_postgres(settings: PlatformSettings, paths: Paths) -> None:
         _init_postgres(data_dir, password_file, user)
     command = [_pg_binary("postgres"), "-D", str(data_dir), "-p", str(port)]
     command += ["-c", f"listen_addresses={host}", "-c", "unix_socket_directories="]
-    pid = _spawn("postgres", command, paths, user=user)
+    pid = spawn("postgres", command, paths, user=user)
     superuser = f"postgresql://postgres:{password_file.read_text().strip()}@{host}:{port}/postgres"
-    _wait_until("postgres", lambda: _pg_answers(superuser), paths, pid)
+    wait_until("postgres", lambda: _pg_answers(superuser), paths, pid)
     _ensure_database(superuser, dsn.username or "fraud", dsn.password or "", dsn.path)
 
 
@@ -465,24 +484,38 @@ def up(settings: PlatformSettings) -> list[str]:
 
 
 def down(settings: PlatformSettings, names: list[str] | None = None) -> None:
-    """Stop the servers this module started (or those of ``names``), by PID."""
+    """Stop the servers this module started (or those of ``names``), by PID.
+
+    A Flink cluster of :mod:`deploy.flink_cluster` is stopped first, because its
+    jobs use the other servers.
+    """
     paths = Paths(settings.state_dir)
-    for name in SERVERS if names is None else names:
+    everything = ("flink-taskmanager", "flink-jobmanager", *SERVERS)
+    for name in everything if names is None else names:
         pid_file = paths.pid_file(name)
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid) and _command_of(pid).find(_program_of(name)) >= 0:
+        if alive(pid) and _command_of(pid).find(_program_of(name)) >= 0:
             # SIGINT is PostgreSQL's fast shutdown; the others treat it like SIGTERM.
             os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
             _wait_for_exit(name, pid)
         pid_file.unlink()
 
 
+# A part of each server's command line, so that a PID reused by another program
+# is never signalled.
+PROGRAMS = {
+    "kafka": "kafka.Kafka",
+    "postgres": "postgres",
+    "redis": "redis-server",
+    "flink-jobmanager": "StandaloneSessionClusterEntrypoint",
+    "flink-taskmanager": "TaskManagerRunner",
+}
+
+
 def _program_of(name: str) -> str:
-    return {"kafka": "kafka.Kafka", "postgres": "postgres", "redis": "redis-server"}[
-        name
-    ]
+    return PROGRAMS[name]
 
 
 def _command_of(pid: int) -> str:
@@ -495,7 +528,7 @@ def _command_of(pid: int) -> str:
 def _wait_for_exit(name: str, pid: int) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             log.info("stopped %s (pid %d)", name, pid)
             return
         time.sleep(0.2)

@@ -31,10 +31,11 @@ Run locally (embedded cluster) with ``python -m streaming.features_job``, which
 also runs a loader in a thread; ``--from-checkpoint latest`` resumes from the
 newest completed checkpoint.
 
-NOTE: the job uses only the DataStream and Table APIs, so ``flink run -py`` can
-submit it to a Flink cluster, but that has not been run yet. The cluster then
-needs the jars of ``deploy/local/flink-pom.xml`` and a Python with this
-repository's packages.
+``flink run --python streaming/features_job.py`` submits the same job to a
+Flink cluster (``python -m deploy.flink_cluster`` starts a standalone one). The
+client ships the connector jars with the job, and the cluster's Python needs
+this repository's packages. A submitted job keeps the cluster's restart
+strategy and metric reporters.
 """
 
 from __future__ import annotations
@@ -747,9 +748,13 @@ def make_environment(
     )
     if restore_from is not None:
         config.set_string("execution.state-recovery.path", restore_from.as_uri())
-    config.set_string("restart-strategy.type", "none")
-    config.set_string("rest.bind-address", "127.0.0.1")
-    config.set_string("rest.address", "127.0.0.1")
+    if not submitted_to_cluster():
+        # The embedded cluster dies with this process; whoever restarts the
+        # process resumes the job with --from-checkpoint latest. A cluster
+        # keeps its own restart strategy and REST address.
+        config.set_string("restart-strategy.type", "none")
+        config.set_string("rest.bind-address", "127.0.0.1")
+        config.set_string("rest.address", "127.0.0.1")
     if rest_port is not None:
         config.set_string("rest.port", str(rest_port))
         # The REST API caches metrics this long, and the default is 10 s.
@@ -793,7 +798,11 @@ def run(
     """
     ensure_schema(settings.pg_dsn)
     loader, thread = start_in_thread(settings) if with_loader else (None, None)
-    rest_port = free_port() if settings.stream_metrics_port else None
+    rest_port = None
+    if submitted_to_cluster():
+        log.info("submitted to a Flink cluster, whose reporters export its metrics")
+    elif settings.stream_metrics_port:
+        rest_port = free_port()
     env = make_environment(settings, restore_from, rest_port)
     build_pipeline(env, settings, bounded).attach_as_datastream()
     job = env.execute_async("fraud-features")
@@ -811,6 +820,15 @@ def run(
     thread.join()
     if loader.error is not None:
         raise RuntimeError("the online loader stopped") from loader.error
+
+
+def submitted_to_cluster() -> bool:
+    """Return whether ``flink run`` started this process to submit the job.
+
+    The Flink client then runs this script with the gateway's port in the
+    environment, and the job goes to that client's cluster.
+    """
+    return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
 def _serve_metrics(settings: StreamJobSettings, rest_port: int, job_id: str) -> Any:

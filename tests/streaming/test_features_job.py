@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from fraudcore.features import (
@@ -19,17 +18,11 @@ from fraudcore.features import (
     NO_DEVICE_COUNT,
     VELOCITY_FEATURES,
 )
-from streaming.batch_features import batch_features
+from tests.streaming.offline import compare_with_batch, read_offline_features
 
 pytestmark = pytest.mark.integration
 
 REFERENCE_FILE = "reference-features-2018-07-25-to-2018-08-14.parquet"
-
-
-def read_offline_features(streamed_span) -> pd.DataFrame:
-    path = streamed_span.settings.offline_store / "features"
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
-    return table.to_pandas()
 
 
 def same_second_ties(transactions: pd.DataFrame) -> set[str]:
@@ -82,26 +75,6 @@ def test_features_job_matches_reference_except_ties(streamed_span, compared):
 
 def test_features_job_matches_reference_amounts(compared):
     np.testing.assert_array_equal(compared["TX_AMOUNT"], compared["TX_AMOUNT_ref"])
-
-
-def compare_with_batch(span, names) -> pd.DataFrame:
-    """Return the offline rows whose ``names`` differ from the batch reference."""
-    expected = batch_features(span.transactions)
-    expected["transaction_id"] = expected["TRANSACTION_ID"].astype(str)
-    offline = read_offline_features(span)
-    merged = expected.merge(
-        offline, on="transaction_id", how="outer", suffixes=("_batch", "")
-    )
-    assert len(merged) == len(expected) == len(offline)
-    bad = np.zeros(len(merged), dtype=bool)
-    for name in names:
-        bad |= ~np.isclose(
-            merged[name].to_numpy(float),
-            merged[f"{name}_batch"].to_numpy(float),
-            rtol=1e-9,
-            atol=1e-9,
-        )
-    return merged.loc[bad, ["transaction_id", *names]]
 
 
 def test_features_job_velocity_matches_batch(streamed_span):
