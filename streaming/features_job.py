@@ -591,6 +591,12 @@ def _string_serializer(topic: str) -> KafkaRecordSerializationSchema:
 def _watermarks(settings: StreamJobSettings) -> WatermarkStrategy:
     # No timestamp assigner: the Kafka record timestamps (set to the event time by
     # producers) drive the watermarks, per partition, without a Python call.
+    # NOTE: idleness is measured in processing time. A reader that stalls longer
+    # than the timeout on a starved machine counts as idle, and in a replay,
+    # where labels run 7 days ahead, the watermark then jumps past the
+    # transactions behind it, which go to the late-events topic. Replays on a
+    # loaded machine need a timeout far above any stall until the two sources
+    # are aligned (Flink watermark alignment).
     return WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(settings.out_of_orderness_ms)
     ).with_idleness(Duration.of_millis(settings.idle_timeout_ms))
