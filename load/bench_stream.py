@@ -190,7 +190,7 @@ def _wait_until_consuming(settings: PlatformSettings) -> None:
 def _produce(
     producer: Producer, settings: PlatformSettings, tx_id: str, customer: str
 ) -> str:
-    """Produce a transaction stamped with the current time and return its Redis member."""
+    """Produce a transaction stamped with the time now and return its Redis member."""
     now_ms = int(time.time() * 1000)
     record = TransactionRecord(
         transaction_id=tx_id,

@@ -121,7 +121,9 @@ def forget_redis(stores: SeededStores, timeout_seconds: float = 10.0) -> None:
         if stored is not None and not stored.startswith(PENDING_PREFIX):
             break
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds} s waiting for a decision under {key}")
+            raise AssertionError(
+                f"timed out after {timeout_seconds} s waiting for decision {key}"
+            )
         time.sleep(0.01)
     stores.flush_redis()
 
