@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS scored_transactions (
     response        json             NOT NULL,
     decided_at      timestamptz      NOT NULL
 );
+-- Versions that scored the request in shadow, added after the table above.
+ALTER TABLE scored_transactions
+    ADD COLUMN IF NOT EXISTS shadow_versions text[] NOT NULL DEFAULT '{}';
 CREATE INDEX IF NOT EXISTS scored_transactions_decided_at
     ON scored_transactions (decided_at);
 CREATE TABLE IF NOT EXISTS transaction_labels (
