@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS model_registry (
     feature_names   jsonb       NOT NULL,
     metrics         jsonb       NOT NULL,
     threshold       double precision NOT NULL,
-    stage           text        NOT NULL DEFAULT 'production'
+    stage           text        NOT NULL DEFAULT 'candidate'
 );
 """
 

@@ -5,7 +5,7 @@ The scorer records the score of every shadow (and canary) model in
 The guard pairs both on the transactions that have a label in
 ``transaction_labels`` and compares their average precision, which suits the
 rare positive class better than AUC ROC. A transaction with several labels
-(chargeback and review) counts as fraud when any of them says fraud.
+(chargeback and review) counts as fraud when any of them is fraud.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ class ShadowGuard:
     """Reject a challenger worse than production by more than ``margin`` in AP.
 
     Attributes:
-        margin: Largest drop in average precision (absolute, 0 to 1) accepted.
-        min_labelled: Fewest labelled transactions with both scores needed.
-        min_frauds: Fewest frauds among them needed, since average precision
-            over a handful of positives is mostly noise.
+        margin: Maximum drop in average precision (absolute, 0 to 1) accepted.
+        min_labelled: Minimum labelled transactions with both scores.
+        min_frauds: Minimum frauds among them, since average precision over a
+            handful of positives is mostly noise.
     """
 
     margin: float = DEFAULT_MARGIN

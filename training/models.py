@@ -100,20 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=float,
         default=shadow_guard.DEFAULT_MARGIN,
-        help="largest drop in average precision (0 to 1) that the guard accepts "
+        help="maximum drop in average precision (0 to 1) that the guard accepts "
         "(default: %(default)s)",
     )
     up.add_argument(
         "--min-labelled",
         type=int,
         default=shadow_guard.DEFAULT_MIN_LABELLED,
-        help="fewest labelled shadow results the guard needs (default: %(default)s)",
+        help="minimum labelled shadow results for the guard (default: %(default)s)",
     )
     up.add_argument(
         "--min-frauds",
         type=int,
         default=shadow_guard.DEFAULT_MIN_FRAUDS,
-        help="fewest frauds among them the guard needs (default: %(default)s)",
+        help="minimum frauds among them for the guard (default: %(default)s)",
     )
     down = commands.add_parser(
         "rollback", help="archive production and restore the version before it"

@@ -211,7 +211,7 @@ class RolloutLoader:
 async def refresh(
     pg_dsn: str, loader: RolloutLoader, current: Rollout | None, migrate: bool
 ) -> Rollout | None:
-    """Read the registry and return the rollout it asks for.
+    """Read the registry and return the rollout that its stages define.
 
     Raises:
         ModelLoadError: if the registry cannot be read.

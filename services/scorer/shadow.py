@@ -1,8 +1,8 @@
 """Scores of shadow models, computed and stored off the response path.
 
 A request hands its features to :meth:`ShadowScorer.submit` after its response
-is built. That is a put into a bounded queue, so the request never waits for a
-shadow model: a full queue drops the request's shadow scores and counts them. A
+is built. That is a put into a bounded queue, which does not wait for a shadow
+model, and a full queue drops the request's shadow scores and counts them. A
 background task takes the queued requests in batches, scores each batch with
 every shadow model in one ONNX call on a worker thread, so the event loop keeps
 serving while the models run, and writes the scores to ``shadow_scores``.

@@ -1,6 +1,6 @@
 """A real scorer following the registry: hot swaps, rejections, canary, shadows.
 
-The scorers here serve whatever the registry's stages say, so the tests use a
+The scorers here serve the models that the registry's stages name, so the tests use a
 database of their own, where no other test registers a production model.
 """
 
@@ -162,8 +162,8 @@ def test_hot_swap_under_load_fails_no_request(
     }
     for client in per_client:
         versions = [response.json()["model_version"] for response in client]
-        # A client's requests are sequential, so once the second version has
-        # answered, the first never answers again.
+        # A client's requests are sequential, so after the first response from
+        # the second version, no response comes from the first.
         switched = versions.index(second) if second in versions else len(versions)
         assert set(versions[:switched]) <= {first}
         assert set(versions[switched:]) <= {second}
@@ -379,7 +379,7 @@ def test_full_shadow_queue_drops_scores(
     )
 
     # The first request was being scored when the others came, and the queue
-    # holds 5 of them, so the last 14 were dropped.
+    # has room for 5 of them, so the last 14 were dropped.
     assert sample(metrics, outcome, outcome="written") == 6.0
     assert sample(metrics, outcome, outcome="dropped") == 14.0
     assert shadow_score_keys(rollout_dsn, ids) == {(t, held.version) for t in ids[:6]}
