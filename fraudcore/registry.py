@@ -57,8 +57,18 @@ class InvalidTransition(ValueError):
     """A stage change that the lifecycle does not allow."""
 
 
-def check_transition(version: str, current: str, target: str) -> None:
-    """Raise InvalidTransition unless ``current`` may change to ``target``."""
+def check_transition(
+    version: str, current: str, target: str, *, replaced: bool = False
+) -> None:
+    """Raise InvalidTransition unless ``current`` may change to ``target``.
+
+    Args:
+        version: The version that changes, for the message.
+        current: Its stage now.
+        target: The requested stage.
+        replaced: True when another version takes production in the same
+            transaction, the only case in which production may be archived.
+    """
     if target not in STAGES:
         raise InvalidTransition(
             f"stage {target!r} is invalid; expected one of {', '.join(STAGES)}"
@@ -69,6 +79,11 @@ def check_transition(version: str, current: str, target: str) -> None:
         raise InvalidTransition(
             f"model {version!r} cannot go from {current} to {target}; "
             f"from {current} it can go to: {expected}"
+        )
+    if current == PRODUCTION_STAGE and not replaced:
+        raise InvalidTransition(
+            f"model {version!r} is in production, so it cannot be archived alone; "
+            "promote another version to production or roll back instead"
         )
 
 

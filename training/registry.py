@@ -258,6 +258,9 @@ def _promote(
         if guard is not None and not force:
             guard(conn, version, production)
         if production is not None:
+            check_transition(
+                production, PRODUCTION_STAGE, ARCHIVED_STAGE, replaced=True
+            )
             replaced = f"replaced by {version}"
             changes.append(
                 _set_stage(
@@ -297,7 +300,7 @@ def rollback(
                 f"no archived version was production before {production!r}, so "
                 "there is nothing to roll back to"
             )
-        check_transition(production, PRODUCTION_STAGE, ARCHIVED_STAGE)
+        check_transition(production, PRODUCTION_STAGE, ARCHIVED_STAGE, replaced=True)
         check_transition(previous, ARCHIVED_STAGE, PRODUCTION_STAGE)
         note = reason or "rollback"
         changes = [

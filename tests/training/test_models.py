@@ -137,6 +137,9 @@ def test_invalid_transition_exit_code(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "cannot go from production to shadow" in error
+
+    assert main(["promote", "v1", "--to", "archived"]) == EXIT_TRANSITION
+    assert "cannot be archived alone" in capsys.readouterr().err
     assert stage_of(registry_dsn, "v1") == "production"
 
 

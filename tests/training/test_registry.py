@@ -102,7 +102,6 @@ def test_transitions_cover_every_stage() -> None:
         ("shadow", "canary"),
         ("canary", "canary"),
         ("canary", "production"),
-        ("production", "archived"),
         ("archived", "production"),
         ("archived", "candidate"),
     ],
@@ -125,6 +124,13 @@ def test_transition_allowed(current: str, target: str) -> None:
 def test_transition_rejected(current: str, target: str) -> None:
     with pytest.raises(InvalidTransition, match=f"from {current} to {target}"):
         check_transition("v1", current, target)
+
+
+def test_production_archived_only_when_replaced() -> None:
+    check_transition("v1", "production", "archived", replaced=True)
+
+    with pytest.raises(InvalidTransition, match="cannot be archived alone"):
+        check_transition("v1", "production", "archived")
 
 
 def test_transition_unknown_stage_rejected() -> None:

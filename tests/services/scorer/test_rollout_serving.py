@@ -39,7 +39,7 @@ from tests.services.scorer.conftest import (
     train_onnx_model,
     unique_transaction,
 )
-from training.registry import promote
+from training.registry import promote, rollback
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +168,30 @@ def test_hot_swap_under_load_fails_no_request(
         assert set(versions[:switched]) <= {first}
         assert set(versions[switched:]) <= {second}
     assert sample(served.runtime.metrics, "fraud_score_model_swaps_total") == 1.0
+
+
+def test_rollback_serves_previous_production(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    following_settings: ScorerSettings,
+    registry: Callable[..., str],
+    rollout_dsn: str,
+    stores: SeededStores,
+    onnx_artifact: bytes,
+    explained_model: ExplainedModel,
+) -> None:
+    first = registry(onnx_artifact, "production")
+    second = registry(explained_model.onnx)
+    served = run_scorer(following_settings)
+    change_stage(rollout_dsn, second, "production")
+    wait_for(lambda: production_version(served) == second, "the promotion")
+    assert served.decision(unique_transaction(stores))["model_version"] == second
+
+    with psycopg.connect(rollout_dsn) as conn:
+        rollback(conn, by="test")
+    wait_for(lambda: production_version(served) == first, "the rollback")
+
+    assert served.decision(unique_transaction(stores))["model_version"] == first
+    assert sample(served.runtime.metrics, "fraud_score_model_swaps_total") == 2.0
 
 
 @pytest.mark.parametrize("defect", ["sha256", "inputs"])
