@@ -40,7 +40,8 @@ class ScoreOut(BaseModel):
         default_factory=list,
         description=(
             "Registry versions that also score this transaction off the response "
-            "path, without a say in the decision; their scores go to shadow_scores."
+            "path, with no effect on the decision. Their scores go to the "
+            "shadow_scores table unless the shadow queue was full."
         ),
     )
     feature_source: FeatureSource = Field(
