@@ -81,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="print every version with its stage")
     show = commands.add_parser("show", help="print one version and its history")
-    show.add_argument("version")
+    show.add_argument("version", help="registry version to print")
 
     up = commands.add_parser("promote", help="move a version to another stage")
-    up.add_argument("version")
-    up.add_argument("--to", required=True, choices=PROMOTION_TARGETS, dest="target")
+    up.add_argument("version", help="registry version to move")
+    up.add_argument(
+        "--to",
+        required=True,
+        choices=PROMOTION_TARGETS,
+        dest="target",
+        help="stage to move the version to",
+    )
     up.add_argument(
         "--share",
         type=share_percent,
