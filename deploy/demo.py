@@ -1,8 +1,9 @@
 """The main job end to end on the real data: ``make demo``.
 
 Starts the local stack, replays the transactions into Kafka, runs the PyFlink
-feature job, trains and registers a model, serves it, replays the test week
-through ``POST /score`` over HTTP, and writes ``reports/demo/summary.json``.
+feature job, trains and registers a model, promotes it to production, serves it,
+replays the test week through ``POST /score`` over HTTP, and writes
+``reports/demo/summary.json``.
 Everything it starts, it stops.
 """
 
@@ -115,6 +116,24 @@ def run_feature_job(
         )
 
 
+def promote_to_production(settings: PlatformSettings, version: str) -> None:
+    """Make the freshly trained candidate the production model of the registry.
+
+    The demo has served no shadow traffic, so the guard has nothing to compare
+    and is skipped; the history row records that.
+    """
+    from training.guard import ShadowGuard
+    from training.registry import promote
+
+    with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:
+        changes = promote(
+            conn, version, "production", by="demo", force=True, guard=ShadowGuard(),
+            reason="the demo has no shadow traffic to compare",
+        )  # fmt: skip
+    for change in changes:
+        print(f"    {change.version}: {change.from_stage} -> {change.to_stage}")
+
+
 @contextmanager
 def demo_api_key(settings: PlatformSettings) -> Iterator[str]:
     """Clear earlier decisions and create an API key; revoke the key afterwards."""
@@ -135,12 +154,11 @@ def demo_api_key(settings: PlatformSettings) -> Iterator[str]:
 
 
 @contextmanager
-def serving(settings: DemoSettings, model_version: str) -> Iterator[str]:
-    """Run the scorer serving ``model_version``, and stop it (by PID) afterwards."""
+def serving(settings: DemoSettings) -> Iterator[str]:
+    """Run the scorer serving the production model; stop it (by PID) afterwards."""
     environment = dict(os.environ)
     environment |= {
         "FRAUD_PORT": str(settings.demo_port),
-        "FRAUD_MODEL_VERSION": model_version,
         "FRAUD_RETURN_FEATURES": "true",
         "FRAUD_LOG_LEVEL": "WARNING",
         # The demo proves parity, so a request slowed by this busy machine should
@@ -284,11 +302,13 @@ def run_demo(settings: DemoSettings, reuse_features: bool) -> dict[str, Any]:
         )
         trained = train(options)
         print(f"    model {trained.version}")
+    with step("promoting the model to production"):
+        promote_to_production(settings, trained.version)
 
     test_week = replay.select_span(source.frame, TEST_FIRST_DAY, TEST_LAST_DAY)
     bodies = request_bodies(test_week)
     with step(f"scoring {len(bodies):,} test-week transactions over HTTP"):
-        with demo_api_key(settings) as key, serving(settings, trained.version) as url:
+        with demo_api_key(settings) as key, serving(settings) as url:
             responses = asyncio.run(
                 replay_requests(url, bodies, settings.demo_concurrency, api_key=key)
             )

@@ -1,7 +1,8 @@
 """Tables of the scorer's decisions, the labels it received and its API keys.
 
-The scorer writes these tables. Other parts may read ``scored_transactions`` and
-``transaction_labels``, for example to join decisions with their outcomes.
+The scorer writes these tables. Other parts may read ``scored_transactions``,
+``shadow_scores`` and ``transaction_labels``, for example to join decisions and
+the scores of shadow models with their outcomes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ CREATE TABLE IF NOT EXISTS scored_transactions (
     response        json             NOT NULL,
     decided_at      timestamptz      NOT NULL
 );
+-- Versions that scored the request in shadow, added after the table above.
+ALTER TABLE scored_transactions
+    ADD COLUMN IF NOT EXISTS shadow_versions text[] NOT NULL DEFAULT '{}';
 CREATE INDEX IF NOT EXISTS scored_transactions_decided_at
     ON scored_transactions (decided_at);
 CREATE TABLE IF NOT EXISTS transaction_labels (
@@ -35,5 +39,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_sha256  text        NOT NULL UNIQUE,
     created_at  timestamptz NOT NULL DEFAULT now(),
     revoked_at  timestamptz
+);
+CREATE TABLE IF NOT EXISTS shadow_scores (
+    transaction_id  text             NOT NULL,
+    model_version   text             NOT NULL,
+    probability     double precision NOT NULL,
+    scored_at       timestamptz      NOT NULL,
+    PRIMARY KEY (model_version, transaction_id)
 );
 """

@@ -56,7 +56,11 @@ from fraudcore.features import (
     TerminalLabel,
     transaction_features,
 )
-from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
+from fraudcore.registry import (
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_LIFECYCLE,
+    REGISTRY_SCHEMA,
+)
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from fraudcore.store import (
     PG_SCHEMA,
@@ -107,7 +111,12 @@ def create_database(settings: PlatformSettings, run_id: str) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = settings.pg_dsn.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for schema in (PG_SCHEMA, REGISTRY_SCHEMA, REGISTRY_DECISION_COLUMNS):
+        for schema in (
+            PG_SCHEMA,
+            REGISTRY_SCHEMA,
+            REGISTRY_DECISION_COLUMNS,
+            REGISTRY_LIFECYCLE,
+        ):
             conn.execute(schema)
         conn.execute(DECISIONS_SCHEMA)
     return dsn
@@ -250,7 +259,7 @@ def register(dsn: str, version: str, artifact: Path, scores: np.ndarray) -> None
         conn.execute(
             "INSERT INTO model_registry (version, artifact_path, artifact_sha256, "
             "feature_names, metrics, threshold, stage, review_threshold) "
-            "VALUES (%s, %s, %s, %s, %s, %s, 'benchmark', %s)",
+            "VALUES (%s, %s, %s, %s, %s, %s, 'candidate', %s)",
             (
                 version,
                 str(artifact),

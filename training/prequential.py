@@ -50,6 +50,7 @@ import pandas as pd
 import psycopg
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.registry import CANDIDATE_STAGE
 from fraudcore.settings import PlatformSettings
 from training import model as classifier
 from training import report, search
@@ -58,7 +59,7 @@ from training.dataset import load_features, load_labels
 from training.errors import DataContractError, InputDataError, VerificationError
 from training.evaluation import SCORE_COLUMN, daily_card_precision_at_k, evaluate_scores
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS, FoldData, build_fold, view_at
-from training.registry import ModelRecord, file_sha256
+from training.registry import REGISTER_STAGES, ModelRecord, file_sha256
 from training.train import (
     CARDS_PER_DAY,
     EXIT_BAD_INPUT,
@@ -91,6 +92,9 @@ class ProtocolOptions:
     limits: ContractLimits = ContractLimits()
     published_csv: Path | None = None
     pg_dsn: str | None = None
+    # Stage of the registered version; promotion past shadow goes through
+    # ``python -m training.models promote``, which runs the shadow guard.
+    stage: str = CANDIDATE_STAGE
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,7 @@ def run(options: ProtocolOptions) -> ProtocolResult:
             metrics=metrics,
             threshold=threshold,
             created_at=created_at,
+            stage=options.stage,
         )
         register(options.pg_dsn, record)
     return ProtocolResult(version, artifact, report_path, metrics)
@@ -362,6 +367,12 @@ def parse_args(
         action="store_true",
         help="write the model and the report but not the registry row",
     )
+    parser.add_argument(
+        "--stage",
+        choices=REGISTER_STAGES,
+        default=CANDIDATE_STAGE,
+        help="stage of the registered version (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -395,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         published_csv=settings.data_dir / PUBLISHED_RESULTS_FILE,
         pg_dsn=None if args.no_register else settings.pg_dsn,
+        stage=args.stage,
     )
     try:
         result = run(options)

@@ -45,6 +45,7 @@ import pandas as pd
 import psycopg
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.registry import CANDIDATE_STAGE
 from fraudcore.settings import PlatformSettings
 from training import model as classifier
 from training.dataset import load_labelled_features
@@ -58,7 +59,12 @@ from training.evaluation import (
     evaluate_scores,
     split_train_test,
 )
-from training.registry import ModelRecord, file_sha256, register_model
+from training.registry import (
+    REGISTER_STAGES,
+    ModelRecord,
+    file_sha256,
+    register_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,9 @@ class JobOptions:
     window: SplitWindow = CHAPTER3_WINDOW
     config: classifier.ModelConfig = classifier.ModelConfig()
     pg_dsn: str | None = None
+    # Stage of the registered version; promotion past shadow goes through
+    # ``python -m training.models promote``, which runs the shadow guard.
+    stage: str = CANDIDATE_STAGE
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ def run(options: JobOptions) -> JobResult:
             metrics=metrics,
             threshold=fitted.threshold,
             created_at=created_at,
+            stage=options.stage,
         )
         register(options.pg_dsn, record)
     return JobResult(version, artifact, report, metrics)
@@ -347,6 +357,12 @@ def parse_args(
         action="store_true",
         help="write the model and the report but not the registry row",
     )
+    parser.add_argument(
+        "--stage",
+        choices=REGISTER_STAGES,
+        default=CANDIDATE_STAGE,
+        help="stage of the registered version (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -364,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=SplitWindow(train_start=args.train_start),
         config=classifier.ModelConfig(num_threads=args.num_threads),
         pg_dsn=None if args.no_register else settings.pg_dsn,
+        stage=args.stage,
     )
     try:
         result = run(options)

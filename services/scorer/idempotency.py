@@ -59,22 +59,23 @@ WRITER_RETRY_SECONDS = 1.0
 INSERT_ONE_SQL = """
 INSERT INTO scored_transactions (transaction_id, request_sha256, customer_id,
     terminal_id, transaction_ms, model_version, probability, decision, response,
-    decided_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz)
+    decided_at, shadow_versions)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz, %s)
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
 INSERT_BATCH_SQL = """
 INSERT INTO scored_transactions (transaction_id, request_sha256, customer_id,
     terminal_id, transaction_ms, model_version, probability, decision, response,
-    decided_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz)
+    decided_at, shadow_versions)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s::timestamptz, %s)
 ON CONFLICT (transaction_id) DO NOTHING
 """
 SELECT_SQL = """
 SELECT transaction_id, request_sha256, customer_id, terminal_id, transaction_ms,
     model_version, probability, decision, response::text,
-    to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+    to_char(decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+    shadow_versions
 FROM scored_transactions WHERE transaction_id = %s
 """
 
@@ -135,6 +136,7 @@ class StoredDecision:
     decision: str
     response: bytes
     decided_at: str
+    shadow_versions: tuple[str, ...] = ()
 
     def to_redis(self) -> bytes:
         """Encode for Redis; the response is embedded as JSON, not as a string."""
@@ -147,12 +149,14 @@ class StoredDecision:
         """Decode a value written by :meth:`to_redis`."""
         fields = orjson.loads(raw)
         fields["response"] = orjson.dumps(fields["response"])
+        fields["shadow_versions"] = tuple(fields.get("shadow_versions", ()))
         return cls(**fields)
 
     def row(self) -> tuple[Any, ...]:
         """Return the ``scored_transactions`` columns in table order."""
         fields = self._row()
         fields["response"] = self.response.decode()
+        fields["shadow_versions"] = list(self.shadow_versions)
         return tuple(fields.values())
 
     def _row(self) -> dict[str, Any]:
@@ -167,6 +171,7 @@ class StoredDecision:
             "decision": self.decision,
             "response": self.response,
             "decided_at": self.decided_at,
+            "shadow_versions": self.shadow_versions,
         }
 
 
@@ -182,6 +187,7 @@ STORED_FIELDS = (
     "decision",
     "response",
     "decided_at",
+    "shadow_versions",
 )
 
 
@@ -356,6 +362,7 @@ async def _select(conn: Any, transaction_id: str) -> StoredDecision | None:
         return None
     fields = dict(zip(STORED_FIELDS, row, strict=True))
     fields["response"] = fields["response"].encode()
+    fields["shadow_versions"] = tuple(fields["shadow_versions"])
     return StoredDecision(**fields)
 
 

@@ -27,6 +27,7 @@ LOGGED_FIELDS = (
     "probability",
     "decision",
     "model_version",
+    "shadow_versions",
     "feature_source",
     "degraded",
     "feature_age_ms",

@@ -134,6 +134,32 @@ class ScorerMetrics:
             ["source", "outcome"],
             registry=self.registry,
         )
+        self.active_models = Gauge(
+            "fraud_score_active_models",
+            "Models this process serves, by stage: production, canary, shadow.",
+            ["stage"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "fraud_score_model_swaps_total",
+            "Changes of the served models installed after a registry change.",
+            registry=self.registry,
+        )
+        self.rejected_loads = Counter(
+            "fraud_score_model_rejected_loads_total",
+            "Registered versions not served because their artifact failed a "
+            "check, by the stage they were registered in.",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.shadow_scores = Counter(
+            "fraud_score_shadow_scores_total",
+            "Scores of shadow models by outcome: written, dropped because the "
+            "queue was full, or failed (inference or write).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "fraud_score_errors_total",
             "Errors by kind: rejected requests and failed store, model or Kafka "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from psycopg.rows import dict_row
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS
-from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
+from fraudcore.registry import (
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_LIFECYCLE,
+    REGISTRY_SCHEMA,
+    SCHEMA_LOCK_ID,
+    SERVED_STAGES,
+)
 from services.scorer.errors import ModelLoadError
 from services.scorer.explain import Explainer, load_explainer
 from services.scorer.model import ScoringModel, open_model
@@ -31,8 +38,10 @@ logger = logging.getLogger(__name__)
 # libpq accepts whole seconds only and treats values below 2 as 2.
 REGISTRY_CONNECT_TIMEOUT_SECONDS = 2
 REGISTRY_QUERY_TIMEOUT_SECONDS = 10.0
-# Key of the advisory lock held while the scorer creates its tables.
-SCHEMA_LOCK_ID = 7_146_352_001
+ROW_COLUMNS = (
+    "version, artifact_path, artifact_sha256, feature_names, threshold, "
+    "review_threshold, rules, stage, canary_share"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,24 @@ class RegistryRow:
     threshold: float
     review_threshold: float | None = None
     rules: Any = None
+    stage: str = "production"
+    canary_share: float | None = None
+
+    def artifact_key(self) -> tuple[Any, ...]:
+        """Return the fields that the loaded model depends on.
+
+        A row whose key is unchanged needs no new load, and a rejected key is
+        not loaded again.
+        """
+        return (
+            self.version,
+            self.artifact_path,
+            self.artifact_sha256,
+            repr(self.feature_names),
+            self.threshold,
+            self.review_threshold,
+            repr(self.rules),
+        )
 
 
 @dataclass(frozen=True)
@@ -70,24 +97,47 @@ class ServedModel:
 async def fetch_registry_row(
     conn: psycopg.AsyncConnection[Any], version: str | None
 ) -> RegistryRow | None:
-    """Fetch the row of ``version``, or the newest 'production' row when it is None."""
-    columns = (
-        "version, artifact_path, artifact_sha256, feature_names, threshold, "
-        "review_threshold, rules"
-    )
+    """Fetch the row of ``version``, or the 'production' row when it is None."""
     if version is None:
         sql = (
-            f"SELECT {columns} FROM model_registry WHERE stage = 'production' "
+            f"SELECT {ROW_COLUMNS} FROM model_registry WHERE stage = 'production' "
             "ORDER BY created_at DESC, version DESC LIMIT 1"
         )
         params: tuple[str, ...] = ()
     else:
-        sql = f"SELECT {columns} FROM model_registry WHERE version = %s"
+        sql = f"SELECT {ROW_COLUMNS} FROM model_registry WHERE version = %s"
         params = (version,)
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(sql, params)
         row = await cursor.fetchone()
     return None if row is None else RegistryRow(**row)
+
+
+async def fetch_served_rows(pg_dsn: str, migrate: bool) -> list[RegistryRow]:
+    """Fetch the rows in the stages the scorer loads, the newest first.
+
+    With ``migrate``, first create or migrate the tables, as the first read of
+    a process must.
+
+    Raises:
+        ModelLoadError: if the registry cannot be read.
+    """
+    sql = (
+        f"SELECT {ROW_COLUMNS} FROM model_registry WHERE stage = ANY(%s) "
+        "ORDER BY created_at DESC, version DESC"
+    )
+    try:
+        async with asyncio.timeout(REGISTRY_QUERY_TIMEOUT_SECONDS):
+            async with await _connect(pg_dsn) as conn:
+                if migrate:
+                    await ensure_schema(conn)
+                async with conn.cursor(row_factory=dict_row) as cursor:
+                    await cursor.execute(sql, (list(SERVED_STAGES),))
+                    rows = await cursor.fetchall()
+    except (psycopg.Error, TimeoutError) as exc:
+        reason = str(exc) or f"timed out after {REGISTRY_QUERY_TIMEOUT_SECONDS} s"
+        raise ModelLoadError(f"reading model_registry failed: {reason}") from exc
+    return [RegistryRow(**row) for row in rows]
 
 
 async def load_registered_model(
@@ -118,7 +168,16 @@ async def load_registered_model(
         ) from exc
     if row is None:
         raise ModelLoadError(f"model_registry has no row for {requested}")
+    return await load_model_from_row(row, model_dir)
 
+
+async def load_model_from_row(row: RegistryRow, model_dir: Path) -> ServedModel:
+    """Verify and open the artifact of a registry row, and score one row with it.
+
+    Raises:
+        ModelLoadError: as :func:`load_registered_model` does, and if the smoke
+            prediction fails or is not a probability.
+    """
     check_feature_names(row)
     path = resolve_artifact_path(row.artifact_path, model_dir)
     try:
@@ -133,6 +192,7 @@ async def load_registered_model(
     model = await asyncio.to_thread(
         open_model, artifact, row.version, float(row.threshold)
     )
+    await asyncio.to_thread(smoke_predict, model)
     explainer = await asyncio.to_thread(load_explainer, path, model)
     logger.info(
         "loaded model %s from %s (threshold %.4f, %d rules)",
@@ -146,23 +206,45 @@ async def load_registered_model(
 
 
 async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:
-    # A connection of its own rather than one from the feature-store pool, so that
-    # a refused connection fails at once instead of waiting for the pool.
-    async with await psycopg.AsyncConnection.connect(
-        pg_dsn, autocommit=True, connect_timeout=REGISTRY_CONNECT_TIMEOUT_SECONDS
-    ) as conn:
+    async with await _connect(pg_dsn) as conn:
         await ensure_schema(conn)
         return await fetch_registry_row(conn, version)
 
 
+async def _connect(pg_dsn: str) -> psycopg.AsyncConnection[Any]:
+    # A connection of its own rather than one from the feature-store pool, so that
+    # a refused connection fails at once instead of waiting for the pool.
+    return await psycopg.AsyncConnection.connect(
+        pg_dsn, autocommit=True, connect_timeout=REGISTRY_CONNECT_TIMEOUT_SECONDS
+    )
+
+
+def smoke_predict(model: ScoringModel) -> None:
+    """Score a row of zeros and raise ModelLoadError unless a probability comes out.
+
+    Catches an artifact that opens but fails or returns garbage at run time
+    before it decides a request.
+    """
+    try:
+        probability = model.predict([0.0] * len(MODEL_INPUTS))
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        raise ModelLoadError(
+            f"smoke prediction of model {model.version!r} failed: {exc}"
+        ) from exc
+    if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+        raise ModelLoadError(
+            f"smoke prediction of model {model.version!r} returned {probability}, "
+            "expected a probability in [0, 1]"
+        )
+
+
 async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
     """Create the registry and decision tables and columns that do not exist yet."""
-    # Concurrent CREATE TABLE IF NOT EXISTS can fail with a unique violation in
-    # PostgreSQL's catalog, so the workers of one deployment take turns.
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
         await conn.execute(REGISTRY_SCHEMA)
         await conn.execute(REGISTRY_DECISION_COLUMNS)
+        await conn.execute(REGISTRY_LIFECYCLE)
         await conn.execute(DECISIONS_SCHEMA)
 
 

@@ -25,7 +25,15 @@ from services.scorer.logs import DecisionLog
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.policy import DecisionPolicy
 from services.scorer.registry import ServedModel, load_registered_model
+from services.scorer.rollout import (
+    Deployed,
+    Rollout,
+    RolloutLoader,
+    count_models,
+    refresh,
+)
 from services.scorer.settings import ScorerSettings
+from services.scorer.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +42,7 @@ WARM_UP_SECONDS = 1.0
 
 @dataclass
 class Runtime:
-    """Everything a request handler needs. ``model`` is None until one is loaded."""
+    """Everything a request handler needs. ``rollout`` is None until a model loads."""
 
     settings: ScorerSettings
     redis: Redis
@@ -46,33 +54,52 @@ class Runtime:
     decisions: DecisionStore
     events: EventPublisher
     api_keys: ApiKeys
-    model: ServedModel | None = None
-    policy: DecisionPolicy | None = None
+    shadow: ShadowScorer
+    loader: RolloutLoader
+    rollout: Rollout | None = None
+    migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def model(self) -> ServedModel | None:
+        """The production model, or None before one is loaded."""
+        rollout = self.rollout
+        return None if rollout is None else rollout.production.served
+
     def install(self, served: ServedModel) -> None:
-        """Serve ``served`` with the policy of its row and the settings.
+        """Serve ``served`` alone, with the policy of its row and the settings.
 
         Raises:
             ModelLoadError: if the resulting review threshold exceeds the block
                 threshold.
         """
         policy = build_policy(served, self.settings)
-        self.model, self.policy = served, policy
+        self.swap(Rollout(Deployed(served, policy, "production")))
 
-    def serving(self) -> tuple[ServedModel, DecisionPolicy]:
-        """Return the served model and its policy.
+    def swap(self, rollout: Rollout) -> None:
+        """Serve ``rollout`` from the next request on, unless it is the same set."""
+        previous = self.rollout
+        if previous is not None and previous.signature() == rollout.signature():
+            return
+        self.rollout = rollout
+        count_models(rollout, self.metrics)
+        if previous is not None:
+            self.metrics.model_swaps.inc()
+        logger.info("serving %s", rollout.describe())
+
+    def serving(self) -> Rollout:
+        """Return the served models.
 
         Raises:
             ModelUnavailable: if no model has been loaded yet.
         """
-        model, policy = self.model, self.policy
-        if model is None or policy is None:
+        rollout = self.rollout
+        if rollout is None:
             raise ModelUnavailable(
                 "no model is loaded yet, so the transaction was not scored; retry "
                 "when GET /readyz returns 200."
             )
-        return model, policy
+        return rollout
 
 
 def build_policy(served: ServedModel, settings: ScorerSettings) -> DecisionPolicy:
@@ -129,6 +156,10 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
     api_keys = ApiKeys(
         pg_pool, settings.api_key_refresh_seconds, settings.pg_timeout_seconds
     )
+    shadow = ShadowScorer(pg_pool, settings.shadow_queue_size, metrics)
+    loader = RolloutLoader(
+        settings.model_dir, metrics, lambda served: build_policy(served, settings)
+    )
     return Runtime(
         settings,
         redis,
@@ -140,6 +171,8 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
         decisions,
         events,
         api_keys,
+        shadow,
+        loader,
     )
 
 
@@ -157,12 +190,19 @@ async def warm_up_redis(redis: Redis) -> None:
 
 
 def start_background_tasks(runtime: Runtime, model_loaded: bool) -> None:
-    """Start the decision writer, the key reloads and, if needed, model retries."""
+    """Start the writers, the key reloads, shadow scoring and the model loading.
+
+    A pinned ``model_version`` is retried until it loads; otherwise the registry
+    is followed for as long as the process runs.
+    """
     runtime.tasks.append(asyncio.create_task(runtime.writer.run()))
     runtime.tasks.append(asyncio.create_task(runtime.decisions.run_storer()))
+    runtime.tasks.append(asyncio.create_task(runtime.shadow.run()))
     if runtime.settings.require_api_key:
         runtime.tasks.append(asyncio.create_task(runtime.api_keys.run()))
-    if not model_loaded:
+    if runtime.settings.model_version is None:
+        runtime.tasks.append(asyncio.create_task(follow_registry(runtime)))
+    elif not model_loaded:
         runtime.tasks.append(asyncio.create_task(keep_loading_model(runtime)))
 
 
@@ -179,8 +219,10 @@ async def close_runtime(runtime: Runtime) -> None:
 
 
 async def load_model_once(runtime: Runtime) -> bool:
-    """Load the registered model into ``runtime`` and return whether it loaded."""
+    """Load the registered models into ``runtime`` and return whether one serves."""
     settings = runtime.settings
+    if settings.model_version is None:
+        return await refresh_rollout(runtime)
     try:
         served = await load_registered_model(
             settings.pg_dsn, settings.model_version, settings.model_dir
@@ -195,6 +237,37 @@ async def load_model_once(runtime: Runtime) -> bool:
         )
         return False
     return True
+
+
+async def refresh_rollout(runtime: Runtime) -> bool:
+    """Read the registry's stages, swap in what changed; return whether one serves."""
+    settings = runtime.settings
+    try:
+        rollout = await refresh(
+            settings.pg_dsn, runtime.loader, runtime.rollout, not runtime.migrated
+        )
+    except ModelLoadError as exc:
+        runtime.metrics.errors.labels(kind=exc.kind).inc()
+        logger.error(
+            "%s; retrying in %.1f s", exc.detail, settings.registry_poll_seconds
+        )
+        return runtime.rollout is not None
+    runtime.migrated = True
+    if rollout is None:
+        logger.error(
+            "the registry has no production model that loads; retrying in %.1f s",
+            settings.registry_poll_seconds,
+        )
+        return False
+    runtime.swap(rollout)
+    return True
+
+
+async def follow_registry(runtime: Runtime) -> None:
+    """Refresh the served models every ``registry_poll_seconds`` until cancelled."""
+    while True:
+        await asyncio.sleep(runtime.settings.registry_poll_seconds)
+        await refresh_rollout(runtime)
 
 
 async def keep_loading_model(runtime: Runtime) -> None:

@@ -35,7 +35,15 @@ class ScoreOut(BaseModel):
     transaction_id: str
     probability: float = Field(ge=0.0, le=1.0)
     decision: Decision
-    model_version: str
+    model_version: str = Field(description="Registry version that decided.")
+    shadow_versions: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Registry versions that also score this transaction off the response "
+            "path, with no effect on the decision. Their scores go to the "
+            "shadow_scores table unless the shadow queue was full."
+        ),
+    )
     feature_source: FeatureSource = Field(
         description=(
             "Store the features were computed from: 'redis', 'postgres' when Redis "

@@ -28,6 +28,7 @@ from services.scorer.idempotency import (
 )
 from services.scorer.policy import DecisionPolicy, most_severe
 from services.scorer.registry import ServedModel
+from services.scorer.rollout import Deployed
 from services.scorer.runtime import Runtime
 from services.scorer.schemas import Decision, FeatureSource
 
@@ -184,7 +185,7 @@ async def score_transaction(
         ModelUnavailable: if no model has been loaded yet.
         IdempotencyConflict: if the transaction id was scored with another body.
     """
-    served, policy = runtime.serving()
+    decider, shadows = runtime.serving().route(record.customer_id)
     budget = runtime.settings.request_deadline_ms / 1000
     digest = request_digest(record)
     started = time.perf_counter()
@@ -207,7 +208,9 @@ async def score_transaction(
         if answer is not None:
             return answer
 
-    response, stored = decide(runtime, served, policy, record, lookup, digest)
+    response, stored, features = decide(
+        runtime, decider, shadows, record, lookup, digest
+    )
     if lookup.redis_responded:
         runtime.decisions.store(stored)
     else:
@@ -216,6 +219,8 @@ async def score_transaction(
             return replay(previous, digest, runtime)
 
     announce(runtime, record, response)
+    if shadows:
+        runtime.shadow.submit(record.transaction_id, features, shadows)
     metrics.child(stages, "total").observe(time.perf_counter() - started)
     return stored.response
 
@@ -234,13 +239,19 @@ async def claim_in_postgres(
 
 def decide(
     runtime: Runtime,
-    served: ServedModel,
-    policy: DecisionPolicy,
+    decider: Deployed,
+    shadows: tuple[Deployed, ...],
     record: TransactionRecord,
     lookup: Lookup,
     digest: str,
-) -> tuple[dict[str, Any], StoredDecision]:
-    """Compute features, score and decide; return the response and its record."""
+) -> tuple[dict[str, Any], StoredDecision, list[float]]:
+    """Compute features, score and decide.
+
+    Returns:
+        The response, its stored record and the features in model input order,
+        for the shadow models.
+    """
+    served = decider.served
     histories = lookup.histories
     event_ms = record.event_ms
     features = transaction_features(
@@ -255,9 +266,12 @@ def decide(
         device_id=record.device_id,
         device_history=histories.device,
     )
-    verdict = judge(runtime, served, policy, features, lookup.source == "default")
+    degraded = lookup.source == "default"
+    verdict = judge(runtime, served, decider.policy, features, degraded)
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
+    shadow_versions = tuple(model.version for model in shadows)
+    response["shadow_versions"] = list(shadow_versions)
     response["feature_age_ms"] = feature_age_ms(
         event_ms, record.transaction_id, histories
     )
@@ -274,8 +288,9 @@ def decide(
         decision=verdict.decision,
         response=orjson.dumps(response),
         decided_at=response["decided_at"],
+        shadow_versions=shadow_versions,
     )
-    return response, stored
+    return response, stored, list(features.values())
 
 
 def build_response(
@@ -287,13 +302,15 @@ def build_response(
 ) -> dict[str, Any]:
     """Build the response fields in the order of :class:`ScoreOut`.
 
-    ``feature_age_ms`` is left None for the caller to fill in.
+    ``feature_age_ms`` is left None and ``shadow_versions`` empty for the caller
+    to fill in.
     """
     response: dict[str, Any] = {
         "transaction_id": record.transaction_id,
         "probability": verdict.probability,
         "decision": verdict.decision,
         "model_version": served.version,
+        "shadow_versions": [],
         "feature_source": source,
         "degraded": source == "default",
         "feature_age_ms": None,

@@ -20,8 +20,17 @@ class ScorerSettings(PlatformSettings):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Registry version to serve. None serves the newest row with stage 'production'.
+    # Registry version to serve alone, without canary or shadow models and
+    # without following the registry. None follows the registry: the
+    # 'production' version decides, a 'canary' version decides for its share of
+    # customers, and 'shadow' versions score off the response path.
     model_version: str | None = None
+    # Seconds between reads of the registry's stages, so a promotion or rollback
+    # is served within this interval without a restart.
+    registry_poll_seconds: float = Field(default=5.0, gt=0)
+    # Requests waiting for their shadow scores. Further requests get none, and
+    # the dropped scores are counted.
+    shadow_queue_size: int = Field(default=10_000, gt=0)
     # Probability at or above which a transaction is blocked. None uses the
     # threshold stored with the model in the registry.
     block_threshold: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -18,7 +18,7 @@ from training import model as classifier
 from training import prequential, report
 from training.dataset import FEATURES_DIR
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS
-from training.registry import file_sha256, latest_production
+from training.registry import file_sha256, get_model
 
 PUBLISHED = PlatformSettings().data_dir / prequential.PUBLISHED_RESULTS_FILE
 
@@ -230,9 +230,8 @@ def test_run_registers_final_model(
     assert code == prequential.EXIT_OK
     metrics = json.loads((_report_folder(tmp_path) / report.METRICS_FILE).read_text())
     with psycopg.connect(pg_dsn) as conn:
-        record = latest_production(conn)
-    assert record is not None
-    assert record.version == metrics["version"]
+        record = get_model(conn, metrics["version"])
+    assert record.stage == "candidate"
     assert record.feature_names == MODEL_INPUTS
     assert record.threshold == pytest.approx(metrics["block_threshold"])
     assert record.artifact_sha256 == file_sha256(Path(record.artifact_path))

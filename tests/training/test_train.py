@@ -20,7 +20,7 @@ from training import train
 from training.dataset import FEATURES_DIR, LABELS_DIR
 from training.evaluation import CHAPTER3_WINDOW
 from training.reference import write_offline_store
-from training.registry import file_sha256, latest_production
+from training.registry import file_sha256, get_model
 
 
 def _main(store: Path, tmp_path: Path, *extra: str) -> int:
@@ -198,7 +198,7 @@ def test_cli_bad_input_exit_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_main_registers_production_model(
+def test_main_registers_candidate_model(
     small_store: Path,
     tmp_path: Path,
     pg_dsn: str,
@@ -211,11 +211,10 @@ def test_main_registers_production_model(
 
     version = capsys.readouterr().out.strip()
     with psycopg.connect(pg_dsn) as conn:
-        record = latest_production(conn)
+        record = get_model(conn, version)
     report = _report(tmp_path)
     assert code == train.EXIT_OK
-    assert record is not None
-    assert record.version == version
+    assert record.stage == "candidate"
     assert record.feature_names == MODEL_INPUTS
     assert record.threshold == report["block_threshold"]
     assert record.metrics == report

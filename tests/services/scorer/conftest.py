@@ -35,7 +35,11 @@ from pydantic import SecretStr
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS, CustomerEvent, DeviceEvent, TerminalLabel
-from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
+from fraudcore.registry import (
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_LIFECYCLE,
+    REGISTRY_SCHEMA,
+)
 from fraudcore.store import (
     PG_SCHEMA,
     customer_key,
@@ -230,6 +234,7 @@ def store_dsn(pg_dsn: str) -> str:
         conn.execute(PG_SCHEMA)
         conn.execute(REGISTRY_SCHEMA)
         conn.execute(REGISTRY_DECISION_COLUMNS)
+        conn.execute(REGISTRY_LIFECYCLE)
         conn.execute(DECISIONS_SCHEMA)
     return pg_dsn
 
@@ -249,7 +254,8 @@ def register_model(
     artifact: bytes,
     *,
     version: str | None = None,
-    stage: str = "staging",
+    stage: str = "candidate",
+    canary_share: float | None = None,
     threshold: float = TEST_THRESHOLD,
     sha256: str | None = None,
     feature_names: list[str] | None = None,
@@ -275,8 +281,8 @@ def register_model(
         conn.execute(
             "INSERT INTO model_registry (version, created_at, artifact_path, "
             "artifact_sha256, feature_names, metrics, threshold, stage, "
-            "review_threshold, rules) "
-            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "review_threshold, rules, canary_share) "
+            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 version,
                 created_offset,
@@ -290,6 +296,7 @@ def register_model(
                 stage,
                 review_threshold,
                 None if rules is None else Jsonb(rules),
+                canary_share,
             ),
         )
     return RegisteredModel(version, model_dir, artifact)

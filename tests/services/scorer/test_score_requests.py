@@ -30,6 +30,7 @@ RESPONSE_FIELDS = {
     "probability",
     "decision",
     "model_version",
+    "shadow_versions",
     "feature_source",
     "degraded",
     "feature_age_ms",
