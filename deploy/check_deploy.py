@@ -64,7 +64,7 @@ COMPOSE_SCHEMA = ModuleFile(
     "schema/compose-spec.json",
     "49eb9a1e1de41315949f302f8e6221bb42acd6038977f7c0974e38596ec4cdf6",
 )
-# The version of kubectl on the machine where these files were written.
+# The minor version of the kubectl (1.32) that renders the kustomization.
 KUBERNETES_OPENAPI = ModuleFile(
     "k8s.io/kubernetes",
     "v1.32.4",
@@ -188,11 +188,11 @@ def _messages(errors: Iterator[jsonschema.ValidationError]) -> list[str]:
 
 
 def strict_definitions(swagger: dict[str, Any]) -> dict[str, Any]:
-    """Return the OpenAPI definitions, changed to reject what the API server does.
+    """Return the OpenAPI definitions, made as strict as the API server.
 
     An object with listed properties gets ``additionalProperties: false``, so
-    a misspelled field fails. IntOrString and Quantity accept the numbers
-    that the API server accepts for them.
+    a misspelled field fails. IntOrString and Quantity also accept numbers,
+    as the API server does.
     """
     definitions = swagger["definitions"]
     for definition in definitions.values():
@@ -269,7 +269,11 @@ def check_k8s() -> None:
 
 
 def check_promtool() -> bool:
-    """Run promtool on the rules and the configuration; False when it is missing."""
+    """Run promtool on the rules and the configuration if it is installed.
+
+    Returns:
+        Whether promtool was found and ran.
+    """
     promtool = shutil.which("promtool") or (
         str(PROMTOOL_CACHE) if PROMTOOL_CACHE.is_file() else None
     )

@@ -54,14 +54,14 @@ def test_compose_dependencies_have_checks():
     for name, service in SERVICES.items():
         for target, condition in service.get("depends_on", {}).items():
             assert target in SERVICES, f"{name} depends on unknown {target}"
-            wanted = condition["condition"]
-            if wanted == "service_healthy":
+            expected_state = condition["condition"]
+            if expected_state == "service_healthy":
                 check = SERVICES[target].get("healthcheck", {})
                 assert check.get("test"), (
                     f"{name} waits for {target}, which has no check"
                 )
                 assert not check.get("disable"), f"{target}'s check is disabled"
-            elif wanted == "service_completed_successfully":
+            elif expected_state == "service_completed_successfully":
                 assert SERVICES[target].get("restart") == "no", target
 
 
