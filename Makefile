@@ -75,7 +75,7 @@ check-deploy: setup
 	nice -n 10 $(PY) -m pytest -q tests/deploy/test_manifests.py tests/deploy/test_monitoring_metrics.py
 
 ## promtool: build promtool into .cache/bin for check-deploy; needs Go, and the
-## build took about 15 minutes at nice 10 on 2 cores
+## build took 17 minutes at nice 10 on a busy 2-core machine
 PROMTOOL_VERSION := v0.316.0
 promtool:
 	GOBIN=$(CURDIR)/.cache/bin nice -n 10 go install \

@@ -8,7 +8,8 @@ Runs without a Docker engine or a cluster:
 3. The manifests of ``k8s/`` (rendered by ``kubectl kustomize``, plus the files
    kept out of the kustomization) are valid against the OpenAPI definitions of
    ``k8s.io/kubernetes``, made strict so that an unknown field is an error.
-4. ``promtool`` checks the Prometheus rules and configuration, when it is
+4. ``promtool`` checks the Prometheus rules and configuration and runs the
+   rules' unit tests (``tests/deploy/fraud-slo.rules.test.yml``), when it is
    installed (``make promtool``); otherwise this step is reported as skipped.
 
 The two schemas come from the Go module proxy as module zips, once, into
@@ -77,6 +78,7 @@ K8S_DIR = REPO_ROOT / "k8s"
 # Manifests outside kustomization.yaml, validated on their own.
 K8S_STANDALONE = [K8S_DIR / "secret.example.yaml", K8S_DIR / "jobs" / "train-job.yaml"]
 RULES_FILE = K8S_DIR / "monitoring" / "fraud-slo.rules.yml"
+RULES_TESTS = REPO_ROOT / "tests" / "deploy" / "fraud-slo.rules.test.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "monitoring" / "prometheus.yml"
 PROMTOOL_CACHE = REPO_ROOT / ".cache" / "bin" / "promtool"
 
@@ -269,7 +271,10 @@ def check_k8s() -> None:
 
 
 def check_promtool() -> bool:
-    """Run promtool on the rules and the configuration if it is installed.
+    """Check the rules and the configuration with promtool, if it is installed.
+
+    Also runs the rules' unit tests, which feed them series and compare the
+    alerts that fire.
 
     Returns:
         Whether promtool was found and ran.
@@ -282,13 +287,16 @@ def check_promtool() -> bool:
         return False
     for command in (
         [promtool, "check", "rules", str(RULES_FILE)],
+        [promtool, "test", "rules", str(RULES_TESTS)],
         [promtool, "check", "config", "--syntax-only", str(PROMETHEUS_CONFIG)],
     ):
         result = subprocess.run(command, capture_output=True, text=True)
         output = (result.stdout + result.stderr).strip()
         if result.returncode != 0:
             raise CheckFailed(f"{' '.join(command[1:])} failed:\n{output}")
-        print(f"ok: promtool {' '.join(command[1:3])}: {output.splitlines()[-1]}")
+        print(
+            f"ok: promtool {' '.join(command[1:3])}: {output.splitlines()[-1].strip()}"
+        )
     return True
 
 
