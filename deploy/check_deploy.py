@@ -8,9 +8,12 @@ Runs without a Docker engine or a cluster:
 3. The manifests of ``k8s/`` (rendered by ``kubectl kustomize``, plus the files
    kept out of the kustomization) are valid against the OpenAPI definitions of
    ``k8s.io/kubernetes``, made strict so that an unknown field is an error.
-4. ``promtool`` checks the Prometheus rules and configuration and runs the
-   rules' unit tests (``tests/deploy/fraud-slo.rules.test.yml``), when it is
-   installed (``make promtool``); otherwise this step is reported as skipped.
+4. ``promtool`` checks the Prometheus rules and configuration, and runs the
+   rules' unit tests in ``tests/deploy/fraud-slo.rules.test.yml``. Without
+   promtool (``make promtool`` builds it) this step is reported as skipped.
+5. BuildKit's Dockerfile parser and its parse-time lint rules check
+   ``deploy/docker/Dockerfile``, through the small Go program of
+   ``deploy/check/dockerfile/``. Without Go this step is reported as skipped.
 
 The two schemas come from the Go module proxy as module zips, once, into
 ``.cache/deploy-check/`` (git-ignored), and are checked against the SHA-256
@@ -81,6 +84,9 @@ RULES_FILE = K8S_DIR / "monitoring" / "fraud-slo.rules.yml"
 RULES_TESTS = REPO_ROOT / "tests" / "deploy" / "fraud-slo.rules.test.yml"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "monitoring" / "prometheus.yml"
 PROMTOOL_CACHE = REPO_ROOT / ".cache" / "bin" / "promtool"
+DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "Dockerfile"
+DOCKERFILE_CHECKER = REPO_ROOT / "deploy" / "check" / "dockerfile"
+DOCKERFILE_CHECKER_BINARY = REPO_ROOT / ".cache" / "bin" / "dockerfile-check"
 
 
 class CheckFailed(Exception):
@@ -300,6 +306,40 @@ def check_promtool() -> bool:
     return True
 
 
+# --- 5. Dockerfile -----------------------------------------------------------
+
+
+def check_dockerfile() -> bool:
+    """Parse the Dockerfile with BuildKit's parser and lint rules, if Go is installed.
+
+    Returns:
+        Whether Go was found and the check ran.
+    """
+    go = shutil.which("go")
+    if go is None:
+        print("skipped: Go is not installed; it builds deploy/check/dockerfile")
+        return False
+    # Go's build cache makes this quick after the first build.
+    build = subprocess.run(
+        [go, "build", "-o", str(DOCKERFILE_CHECKER_BINARY), "."],
+        cwd=DOCKERFILE_CHECKER,
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0:
+        raise CheckFailed(f"building deploy/check/dockerfile failed:\n{build.stderr}")
+    result = subprocess.run(
+        [str(DOCKERFILE_CHECKER_BINARY), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise CheckFailed(f"deploy/docker/Dockerfile is invalid:\n{output}")
+    print(f"ok: {output.replace(str(REPO_ROOT) + '/', '')}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every check and return 0 when all that ran passed."""
     parser = argparse.ArgumentParser(
@@ -313,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         check_compose()
         check_k8s()
         check_promtool()
+        check_dockerfile()
     except CheckFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
