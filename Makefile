@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream bench-freshness lint clean
+.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream bench-freshness lint check-deploy promtool clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -67,6 +67,19 @@ bench-freshness: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+## check-deploy: validate docker-compose.yml, k8s/ and the monitoring files offline
+## (the schemas are fetched once into .cache/; see docs/deploy.md)
+check-deploy: setup
+	nice -n 10 $(PY) -m deploy.check_deploy
+	nice -n 10 $(PY) -m pytest -q tests/deploy/test_manifests.py tests/deploy/test_monitoring_metrics.py
+
+## promtool: build promtool into .cache/bin for check-deploy; needs Go, and the
+## build took 17 minutes at nice 10 on a busy 2-core machine
+PROMTOOL_VERSION := v0.316.0
+promtool:
+	GOBIN=$(CURDIR)/.cache/bin nice -n 10 go install \
+		github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 
 clean: stack-down
 	rm -rf .state reports

@@ -131,7 +131,9 @@ class StreamJobSettings(LoaderSettings):
     # is flushed after writer_flush_ms of processing time.
     writer_batch_size: int = 1_000
     writer_flush_ms: int = 200
-    # Port on 127.0.0.1 of the job's Prometheus endpoint; 0 serves none.
+    # Address and port of the job's Prometheus endpoint; port 0 serves none.
+    # Containers set the address to 0.0.0.0 so that Prometheus can reach it.
+    stream_metrics_host: str = "127.0.0.1"
     stream_metrics_port: int = 9250
 
 
@@ -840,13 +842,17 @@ def submitted_to_cluster() -> bool:
 def _serve_metrics(settings: StreamJobSettings, rest_port: int, job_id: str) -> Any:
     try:
         return job_metrics.serve(
-            settings.stream_metrics_port, f"http://127.0.0.1:{rest_port}", job_id
+            settings.stream_metrics_port,
+            f"http://127.0.0.1:{rest_port}",
+            job_id,
+            host=settings.stream_metrics_host,
         )
     except OSError as exc:
         # The job is worth more than its metrics, so it runs on without them.
         log.error(
-            "serving the job's metrics on 127.0.0.1:%d failed: %s; set "
+            "serving the job's metrics on %s:%d failed: %s; set "
             "FRAUD_STREAM_METRICS_PORT to a free port, or to 0 to serve none",
+            settings.stream_metrics_host,
             settings.stream_metrics_port,
             exc,
         )

@@ -2,8 +2,9 @@
 
 Flink's own Prometheus reporter listens on every network interface and has no
 option to bind one address, so the job does not use it. Instead, the process
-that runs the job serves ``/metrics`` on 127.0.0.1 and, at each scrape, reads
-the running job's metrics from the Flink REST API (also bound to 127.0.0.1).
+that runs the job serves ``/metrics`` on ``FRAUD_STREAM_METRICS_HOST``
+(127.0.0.1 unless a container sets 0.0.0.0) and, at each scrape, reads the
+running job's metrics from the Flink REST API, which stays bound to 127.0.0.1.
 
 Exported, labelled by ``operator`` (such as ``parse_transactions``) or by
 ``task`` (a chain of operators that runs in one thread):
@@ -197,15 +198,15 @@ def _families(values: list[MetricValue]) -> Iterator[Metric]:
         yield family
 
 
-def serve(port: int, rest_url: str, job_id: str) -> Any:
-    """Serve the job's metrics on ``127.0.0.1:port`` and return the HTTP server.
+def serve(port: int, rest_url: str, job_id: str, host: str = "127.0.0.1") -> Any:
+    """Serve the job's metrics on ``host:port`` and return the HTTP server.
 
     The caller stops it with ``shutdown()`` when the job ends.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FlinkJobCollector(FlinkRestClient(rest_url, job_id)))
-    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
     log.info(
-        "serving the metrics of job %s from %s on 127.0.0.1:%d", job_id, rest_url, port
+        "serving the metrics of job %s from %s on %s:%d", job_id, rest_url, host, port
     )
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streaming import job_metrics
 from streaming.job_metrics import (
     NO_WATERMARK,
     FlinkJobCollector,
@@ -74,3 +75,29 @@ def test_job_metrics_down_when_rest_unreachable():
     client = FlinkRestClient(f"http://127.0.0.1:{free_port()}", "0" * 32)
     samples = exported(client)
     assert samples == {("fraud_stream_up", ()): 0.0}
+
+
+def recording_start(bound: dict):
+    """Return a stand-in for start_http_server that records its address."""
+
+    def start(port, addr, registry):
+        bound.update(port=port, addr=addr)
+        return "server", "thread"
+
+    return start
+
+
+def test_job_metrics_serve_binds_host(monkeypatch):
+    bound = {}
+    monkeypatch.setattr(job_metrics, "start_http_server", recording_start(bound))
+    server = job_metrics.serve(9250, "http://127.0.0.1:8081", "0" * 32, host="0.0.0.0")
+    assert server == "server"
+    assert bound["addr"] == "0.0.0.0"
+    assert bound["port"] == 9250
+
+
+def test_job_metrics_serve_defaults_to_loopback(monkeypatch):
+    bound = {}
+    monkeypatch.setattr(job_metrics, "start_http_server", recording_start(bound))
+    job_metrics.serve(9250, "http://127.0.0.1:8081", "0" * 32)
+    assert bound["addr"] == "127.0.0.1"
