@@ -23,3 +23,10 @@ ALTER TABLE model_registry
     ADD COLUMN IF NOT EXISTS review_threshold double precision,
     ADD COLUMN IF NOT EXISTS rules jsonb;
 """
+
+# Segmentation version whose customer segments the model takes as its last
+# input; NULL for a model without the segment input.
+REGISTRY_SEGMENTATION_COLUMN = """
+ALTER TABLE model_registry
+    ADD COLUMN IF NOT EXISTS segmentation_version text;
+"""
