@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fraudcore.registry import REGISTRY_SCHEMA
+from fraudcore.registry import REGISTRY_SCHEMA, REGISTRY_SEGMENTATION_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ _COLUMNS = (
     "metrics",
     "threshold",
     "stage",
+    "segmentation_version",
 )
 
 
@@ -50,6 +51,8 @@ class ModelRecord:
         threshold: Fraud probability at or above which a transaction is blocked.
         created_at: Registration time (timezone-aware).
         stage: Lifecycle stage; the scorer serves ``production`` models.
+        segmentation_version: Segmentation version of the ``CUSTOMER_SEGMENT``
+            input, or None for a model without it.
     """
 
     version: str
@@ -60,6 +63,7 @@ class ModelRecord:
     threshold: float
     created_at: datetime
     stage: str = PRODUCTION_STAGE
+    segmentation_version: str | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -72,8 +76,9 @@ def file_sha256(path: Path) -> str:
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create the registry table if it does not exist yet."""
+    """Create the registry table and its segmentation column if missing."""
     conn.execute(REGISTRY_SCHEMA)
+    conn.execute(REGISTRY_SEGMENTATION_COLUMN)
 
 
 def register_model(conn: psycopg.Connection[Any], record: ModelRecord) -> None:
@@ -89,7 +94,7 @@ def register_model(conn: psycopg.Connection[Any], record: ModelRecord) -> None:
     ensure_schema(conn)
     conn.execute(
         f"INSERT INTO model_registry ({', '.join(_COLUMNS)}) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})",
         (
             record.version,
             record.created_at,
@@ -99,6 +104,7 @@ def register_model(conn: psycopg.Connection[Any], record: ModelRecord) -> None:
             Jsonb(record.metrics),
             record.threshold,
             record.stage,
+            record.segmentation_version,
         ),
     )
     conn.commit()
@@ -143,4 +149,5 @@ def _record(row: dict[str, Any]) -> ModelRecord:
         threshold=float(row["threshold"]),
         created_at=row["created_at"],
         stage=row["stage"],
+        segmentation_version=row["segmentation_version"],
     )
