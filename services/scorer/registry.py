@@ -19,8 +19,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fraudcore.decisions import DECISIONS_SCHEMA
-from fraudcore.features import MODEL_INPUTS
-from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
+from fraudcore.registry import (
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_SCHEMA,
+    REGISTRY_SEGMENTATION_COLUMN,
+)
+from fraudcore.segments import model_inputs
 from services.scorer.errors import ModelLoadError
 from services.scorer.explain import Explainer, load_explainer
 from services.scorer.model import ScoringModel, open_model
@@ -46,6 +50,7 @@ class RegistryRow:
     threshold: float
     review_threshold: float | None = None
     rules: Any = None
+    segmentation_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,15 @@ class ServedModel:
     """A verified model version with the decision settings stored with it.
 
     ``review_threshold`` is None when the registry row has none; the runtime then
-    derives it from the block threshold.
+    derives it from the block threshold. ``segmentation_version`` is the version
+    of the model's ``CUSTOMER_SEGMENT`` input, None for a model without it.
     """
 
     model: ScoringModel
     review_threshold: float | None
     rules: tuple[Rule, ...]
     explainer: Explainer | None
+    segmentation_version: str | None = None
 
     @property
     def version(self) -> str:
@@ -73,7 +80,7 @@ async def fetch_registry_row(
     """Fetch the row of ``version``, or the newest 'production' row when it is None."""
     columns = (
         "version, artifact_path, artifact_sha256, feature_names, threshold, "
-        "review_threshold, rules"
+        "review_threshold, rules, segmentation_version"
     )
     if version is None:
         sql = (
@@ -130,8 +137,9 @@ async def load_registered_model(
     check_sha256(row, artifact)
 
     rules = parse_rules(row.rules, row.version)
+    inputs = model_inputs(row.segmentation_version)
     model = await asyncio.to_thread(
-        open_model, artifact, row.version, float(row.threshold)
+        open_model, artifact, row.version, float(row.threshold), inputs
     )
     explainer = await asyncio.to_thread(load_explainer, path, model)
     logger.info(
@@ -142,7 +150,7 @@ async def load_registered_model(
         len(rules),
     )
     review = None if row.review_threshold is None else float(row.review_threshold)
-    return ServedModel(model, review, rules, explainer)
+    return ServedModel(model, review, rules, explainer, row.segmentation_version)
 
 
 async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:
@@ -163,6 +171,7 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
         await conn.execute(REGISTRY_SCHEMA)
         await conn.execute(REGISTRY_DECISION_COLUMNS)
+        await conn.execute(REGISTRY_SEGMENTATION_COLUMN)
         await conn.execute(DECISIONS_SCHEMA)
 
 
@@ -175,12 +184,18 @@ def resolve_artifact_path(artifact_path: str, model_dir: Path) -> Path:
 
 
 def check_feature_names(row: RegistryRow) -> None:
-    """Raise ModelLoadError unless the row's feature names equal ``MODEL_INPUTS``."""
+    """Raise ModelLoadError unless the row's feature names are the model inputs.
+
+    They must be ``MODEL_INPUTS``, followed by ``CUSTOMER_SEGMENT`` when the row
+    has a segmentation version.
+    """
     names = row.feature_names
-    if not isinstance(names, list) or tuple(names) != MODEL_INPUTS:
+    expected = model_inputs(row.segmentation_version)
+    if not isinstance(names, list) or tuple(names) != expected:
         raise ModelLoadError(
             f"model {row.version!r} was trained on features {names!r}, "
-            f"expected {list(MODEL_INPUTS)!r}"
+            f"expected {list(expected)!r} for segmentation version "
+            f"{row.segmentation_version!r}"
         )
 
 

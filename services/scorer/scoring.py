@@ -12,6 +12,7 @@ import orjson
 
 from fraudcore.features import order_key, transaction_features
 from fraudcore.schema import TransactionRecord
+from fraudcore.segments import CUSTOMER_SEGMENT, NO_SEGMENT
 from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
 from services.scorer.errors import IdempotencyConflict
 from services.scorer.feature_store import (
@@ -191,7 +192,11 @@ async def score_transaction(
 
     lookup = await runtime.histories.fetch(
         HistoryQuery.for_transaction(
-            record.customer_id, record.terminal_id, record.event_ms, record.device_id
+            record.customer_id,
+            record.terminal_id,
+            record.event_ms,
+            record.device_id,
+            served.segmentation_version,
         ),
         deadline=arrived + budget * FEATURE_BUDGET_SHARE,
         claim=runtime.decisions.claim_request(record.transaction_id, digest),
@@ -255,9 +260,14 @@ def decide(
         device_id=record.device_id,
         device_history=histories.device,
     )
+    segment = None
+    if served.segmentation_version is not None:
+        segment = NO_SEGMENT if histories.segment is None else histories.segment
+        features[CUSTOMER_SEGMENT] = float(segment)
     verdict = judge(runtime, served, policy, features, lookup.source == "default")
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
+    response["segment"] = segment
     response["feature_age_ms"] = feature_age_ms(
         event_ms, record.transaction_id, histories
     )
@@ -287,7 +297,7 @@ def build_response(
 ) -> dict[str, Any]:
     """Build the response fields in the order of :class:`ScoreOut`.
 
-    ``feature_age_ms`` is left None for the caller to fill in.
+    ``feature_age_ms`` and ``segment`` are left None for the caller to fill in.
     """
     response: dict[str, Any] = {
         "transaction_id": record.transaction_id,
@@ -297,6 +307,7 @@ def build_response(
         "feature_source": source,
         "degraded": source == "default",
         "feature_age_ms": None,
+        "segment": None,
         "rules": verdict.rules,
         "reasons": verdict.reasons,
         "decided_at": format_timestamp_ms(decided_ms),
