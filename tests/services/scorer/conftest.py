@@ -35,7 +35,12 @@ from pydantic import SecretStr
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS, CustomerEvent, DeviceEvent, TerminalLabel
-from fraudcore.registry import REGISTRY_DECISION_COLUMNS, REGISTRY_SCHEMA
+from fraudcore.registry import (
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_SCHEMA,
+    REGISTRY_SEGMENTATION_COLUMN,
+)
+from fraudcore.segments import SEGMENTS_PG_SCHEMA
 from fraudcore.store import (
     PG_SCHEMA,
     customer_key,
@@ -230,7 +235,9 @@ def store_dsn(pg_dsn: str) -> str:
         conn.execute(PG_SCHEMA)
         conn.execute(REGISTRY_SCHEMA)
         conn.execute(REGISTRY_DECISION_COLUMNS)
+        conn.execute(REGISTRY_SEGMENTATION_COLUMN)
         conn.execute(DECISIONS_SCHEMA)
+        conn.execute(SEGMENTS_PG_SCHEMA)
     return pg_dsn
 
 
@@ -257,6 +264,7 @@ def register_model(
     lightgbm_text: str | None = None,
     review_threshold: float | None = None,
     rules: list[dict[str, object]] | None = None,
+    segmentation_version: str | None = None,
 ) -> RegisteredModel:
     """Write ``artifact`` to ``model_dir`` and insert its registry row.
 
@@ -275,8 +283,8 @@ def register_model(
         conn.execute(
             "INSERT INTO model_registry (version, created_at, artifact_path, "
             "artifact_sha256, feature_names, metrics, threshold, stage, "
-            "review_threshold, rules) "
-            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "review_threshold, rules, segmentation_version) "
+            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 version,
                 created_offset,
@@ -290,6 +298,7 @@ def register_model(
                 stage,
                 review_threshold,
                 None if rules is None else Jsonb(rules),
+                segmentation_version,
             ),
         )
     return RegisteredModel(version, model_dir, artifact)
@@ -395,6 +404,10 @@ def stores(redis_url: str, store_dsn: str) -> Iterator[SeededStores]:
         )
         conn.execute(
             "DELETE FROM device_events WHERE device_id = %s", (seeded.device_id,)
+        )
+        conn.execute(
+            "DELETE FROM customer_segments WHERE customer_id = %s",
+            (seeded.customer_id,),
         )
         conn.execute(
             "DELETE FROM scored_transactions WHERE customer_id = %s",

@@ -1,0 +1,229 @@
+"""The customer segment input: its Redis and PostgreSQL paths, default and version.
+
+A model registered with a segmentation version takes the customer's segment of
+that version as its last input, whatever newer versions were published since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from fraudcore.segments import (
+    CUSTOMER_SEGMENT,
+    NO_SEGMENT,
+    REDIS_KEPT_VERSIONS,
+    SEGMENTED_MODEL_INPUTS,
+    segment_of,
+)
+from services.scorer.model import open_model
+from services.scorer.settings import ScorerSettings
+from tests.services.scorer.conftest import (
+    TEST_THRESHOLD,
+    SeededStores,
+    ServedScorer,
+    register_model,
+)
+from tests.services.scorer.test_feature_store import (
+    forget_redis,
+    make_history,
+    offline_features,
+    request_body,
+)
+from training.model import ModelConfig, fit_classifier, to_onnx
+from training.segmentation.publish import (
+    segment_rows,
+    write_postgres_segments,
+    write_redis_segments,
+)
+
+SERVED_VERSION = "20240101T000000.000Z-00000000000a"
+PUBLISHED_AT = datetime(2024, 1, 1, tzinfo=UTC)
+# Segments at or above this one are fraud in the model's training rows.
+RISKY_SEGMENT = 2
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    """ONNX bytes and LightGBM text of a model over the segmented inputs."""
+
+    onnx: bytes
+    lightgbm_text: str
+
+
+@pytest.fixture(scope="module")
+def segment_model() -> SegmentModel:
+    """A model whose fraud probability rises with the segment alone."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1000, len(SEGMENTED_MODEL_INPUTS))).astype(np.float32)
+    x[:, -1] = rng.integers(-1, 5, size=1000)
+    noise = rng.random(1000) < 0.05
+    y = ((x[:, -1] >= RISKY_SEGMENT) ^ noise).astype(np.int64)
+    config = ModelConfig(
+        n_estimators=20,
+        num_leaves=7,
+        min_child_samples=10,
+        inputs=SEGMENTED_MODEL_INPUTS,
+    )
+    model = fit_classifier(x, y, config)
+    exported = to_onnx(model, SEGMENTED_MODEL_INPUTS).SerializeToString()
+    return SegmentModel(exported, model.booster_.model_to_string())
+
+
+@pytest.fixture
+def segmented_settings(
+    live_settings: ScorerSettings,
+    store_dsn: str,
+    tmp_path: Path,
+    segment_model: SegmentModel,
+    registered_versions: list[str],
+) -> ScorerSettings:
+    """Settings of ``live_settings`` serving the segment model of SERVED_VERSION."""
+    model = register_model(
+        store_dsn,
+        tmp_path,
+        segment_model.onnx,
+        feature_names=list(SEGMENTED_MODEL_INPUTS),
+        lightgbm_text=segment_model.lightgbm_text,
+        segmentation_version=SERVED_VERSION,
+    )
+    registered_versions.append(model.version)
+    return live_settings.model_copy(
+        update={"model_dir": model.model_dir, "model_version": model.version}
+    )
+
+
+def publish(
+    stores: SeededStores,
+    version: str,
+    segments: dict[str, int],
+    created_at: datetime = PUBLISHED_AT,
+) -> None:
+    """Publish a version to PostgreSQL and Redis as the segmentation job does."""
+    ids = pd.Series(list(segments), dtype="string")
+    rows = segment_rows(ids, list(segments.values()), version, created_at)
+    with psycopg.connect(stores.dsn) as conn:
+        write_postgres_segments(conn, rows)
+    write_redis_segments(stores.redis, stores.prefix, rows)
+
+
+def newer_version(index: int) -> str:
+    return f"20240{index + 1}01T000000.000Z-00000000000{index}"
+
+
+@pytest.mark.integration
+def test_segment_from_redis_then_postgres(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    segmented_settings: ScorerSettings,
+    stores: SeededStores,
+    segment_model: SegmentModel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.scorer.decisions")
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    stores.seed_postgres(events, labels)
+    publish(stores, SERVED_VERSION, {stores.customer_id: 3})
+    # A newer run that puts the customer in a segment the model calls safe.
+    publish(
+        stores, newer_version(1), {stores.customer_id: 0}, PUBLISHED_AT + timedelta(1)
+    )
+    served = run_scorer(segmented_settings)
+    expected = offline_features(stores, events, labels) | {CUSTOMER_SEGMENT: 3.0}
+
+    from_redis = served.decision(request_body(stores))
+    forget_redis(stores)
+    from_postgres = served.decision(request_body(stores))
+
+    assert from_redis["feature_source"] == "redis"
+    assert from_postgres["feature_source"] == "postgres"
+    assert list(from_redis["features"]) == list(SEGMENTED_MODEL_INPUTS)
+    assert from_redis["features"] == expected
+    assert from_postgres["features"] == expected
+    assert from_redis["segment"] == 3
+    assert from_postgres["segment"] == 3
+    model = open_model(
+        segment_model.onnx, "check", TEST_THRESHOLD, SEGMENTED_MODEL_INPUTS
+    )
+    assert from_redis["probability"] == model.predict(list(expected.values()))
+    assert from_postgres["probability"] == from_redis["probability"]
+    assert from_redis["decision"] == "block"
+    assert from_redis["reasons"][0]["feature"] == CUSTOMER_SEGMENT
+    logged = [r.getMessage() for r in caplog.records if r.name.endswith("decisions")]
+    assert [json.loads(line)["segment"] for line in logged] == [3, 3]
+
+
+@pytest.mark.integration
+def test_customer_without_segment_gets_default(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    segmented_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    stores.seed_postgres(events, labels)
+    other = f"{stores.customer_id}-other"
+    publish(stores, SERVED_VERSION, {other: 3})
+    served = run_scorer(segmented_settings)
+
+    from_redis = served.decision(request_body(stores))
+    forget_redis(stores)
+    from_postgres = served.decision(request_body(stores))
+
+    assert from_redis["feature_source"] == "redis"
+    assert from_postgres["feature_source"] == "postgres"
+    assert from_redis["segment"] == NO_SEGMENT
+    assert from_postgres["segment"] == NO_SEGMENT
+    assert from_redis["features"][CUSTOMER_SEGMENT] == float(NO_SEGMENT)
+    assert from_postgres["features"][CUSTOMER_SEGMENT] == float(NO_SEGMENT)
+    assert from_redis["decision"] == "allow"
+
+
+@pytest.mark.integration
+def test_version_gone_from_redis_reads_postgres(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    segmented_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    publish(stores, SERVED_VERSION, {stores.customer_id: 3})
+    for index in range(1, REDIS_KEPT_VERSIONS + 1):
+        created = PUBLISHED_AT + timedelta(days=index)
+        publish(stores, newer_version(index), {stores.customer_id: 0}, created)
+    served = run_scorer(segmented_settings)
+
+    decided = served.decision(request_body(stores))
+
+    kept = segment_of(stores.redis, stores.prefix, stores.customer_id, SERVED_VERSION)
+    assert kept is None
+    assert decided["feature_source"] == "redis"
+    assert decided["segment"] == 3
+    assert decided["features"][CUSTOMER_SEGMENT] == 3.0
+
+
+@pytest.mark.integration
+def test_unsegmented_model_ignores_segments(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+) -> None:
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    publish(stores, SERVED_VERSION, {stores.customer_id: 3})
+    served = run_scorer(live_settings)
+
+    decided = served.decision(request_body(stores))
+
+    assert decided["segment"] is None
+    assert CUSTOMER_SEGMENT not in decided["features"]
+    assert decided["features"] == offline_features(stores, events, labels)
