@@ -2,13 +2,14 @@
 
 A model registered with a segmentation version takes the customer's segment of
 that version as its last input, whatever newer versions were published since.
+The last test trains such a model with the training job and scores with it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.segments import (
     CUSTOMER_SEGMENT,
     NO_SEGMENT,
@@ -25,8 +27,11 @@ from fraudcore.segments import (
     SEGMENTED_MODEL_INPUTS,
     segment_of,
 )
+from fraudcore.settings import PlatformSettings
+from fraudcore.store import PG_SCHEMA
 from services.scorer.model import open_model
 from services.scorer.settings import ScorerSettings
+from tests.conftest import created_database
 from tests.services.scorer.conftest import (
     TEST_THRESHOLD,
     SeededStores,
@@ -39,8 +44,18 @@ from tests.services.scorer.test_feature_store import (
     offline_features,
     request_body,
 )
+from tests.training.factories import (
+    publish_offline_segments,
+    segment_of_customer,
+    segmented_rows,
+    store_frames,
+)
+from training import train
+from training.evaluation import CHAPTER3_WINDOW
 from training.model import ModelConfig, fit_classifier, to_onnx
+from training.reference import write_offline_store
 from training.segmentation.publish import (
+    load_segments,
     segment_rows,
     write_postgres_segments,
     write_redis_segments,
@@ -227,3 +242,89 @@ def test_unsegmented_model_ignores_segments(
     assert decided["segment"] is None
     assert CUSTOMER_SEGMENT not in decided["features"]
     assert decided["features"] == offline_features(stores, events, labels)
+
+
+@pytest.fixture(scope="module")
+def training_dsn(base_settings: PlatformSettings, run_id: str) -> Iterator[str]:
+    """A database with the online-store tables whose registry only training fills."""
+    with created_database(base_settings, f"fraud_segment_e2e_{run_id}") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(PG_SCHEMA)
+            conn.execute(DECISIONS_SCHEMA)
+        yield dsn
+
+
+def publish_from_offline(
+    offline_store: Path, version: str, stores: SeededStores, dsn: str
+) -> None:
+    """Copy a version from the offline store to PostgreSQL and Redis."""
+    rows = load_segments(offline_store, version)
+    with psycopg.connect(dsn) as conn:
+        write_postgres_segments(conn, rows)
+    write_redis_segments(stores.redis, stores.prefix, rows)
+
+
+@pytest.mark.integration
+def test_trained_segment_reaches_score(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    stores: SeededStores,
+    training_dsn: str,
+    tmp_path: Path,
+) -> None:
+    first_day = CHAPTER3_WINDOW.train_start
+    offline = tmp_path / "offline"
+    write_offline_store(*store_frames(segmented_rows(first_day, 21)), offline)
+    segments = {str(c): segment_of_customer(c) for c in range(300)}
+    segments[stores.customer_id] = RISKY_SEGMENT
+    created = datetime(2018, 7, 24, tzinfo=UTC)
+    trained_on = publish_offline_segments(offline, segments, created, first_day)
+    publish_from_offline(offline, trained_on, stores, training_dsn)
+    options = train.JobOptions(
+        offline_store=offline,
+        report_dir=tmp_path / "reports",
+        model_dir=tmp_path / "models",
+        pg_dsn=training_dsn,
+        segmentation_version="latest",
+    )
+    trained = train.run(options)
+    # A later run that moves every customer to another segment.
+    moved = {customer: (segment + 1) % 3 for customer, segment in segments.items()}
+    later = publish_offline_segments(offline, moved, created + timedelta(1), first_day)
+    publish_from_offline(offline, later, stores, training_dsn)
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    settings = live_settings.model_copy(
+        update={
+            "pg_dsn": training_dsn,
+            "model_dir": tmp_path / "models",
+            "model_version": None,
+        }
+    )
+    served = run_scorer(settings)
+    model = open_model(
+        trained.artifact_path.read_bytes(), "check", 0.5, SEGMENTED_MODEL_INPUTS
+    )
+
+    from_redis = served.decision(request_body(stores))
+    newest = segment_of(stores.redis, stores.prefix, stores.customer_id, later)
+    forget_redis(stores)
+    from_postgres = served.decision(request_body(stores))
+
+    assert newest == moved[stores.customer_id]
+    assert trained.metrics["segmentation_version"] == trained_on
+    for decided, source in ((from_redis, "redis"), (from_postgres, "postgres")):
+        assert decided["model_version"] == trained.version
+        assert decided["feature_source"] == source
+        assert decided["segment"] == RISKY_SEGMENT
+        assert list(decided["features"]) == list(SEGMENTED_MODEL_INPUTS)
+        assert decided["features"][CUSTOMER_SEGMENT] == float(RISKY_SEGMENT)
+        features = list(decided["features"].values())
+        assert decided["probability"] == model.predict(features)
+    assert from_redis["features"] == offline_features(stores, events, labels) | {
+        CUSTOMER_SEGMENT: float(RISKY_SEGMENT)
+    }
+    # The newer version's segment would have changed the score.
+    moved_row = [*list(from_redis["features"].values())[:-1], 0.0]
+    assert moved[stores.customer_id] == 0
+    assert model.predict(moved_row) < from_redis["probability"]
