@@ -231,14 +231,12 @@ def run(options: ProtocolOptions) -> ProtocolResult:
     started = time.perf_counter()
     features = load_features(options.offline_store)
     labels = load_labels(options.offline_store)
-    segmentation_version = None
-    if options.segmentation_version is not None:
-        features, segmentation_version = join_segment_version(
-            features,
-            options.offline_store,
-            options.segmentation_version,
-            VALIDATION_FOLDS[0].window.train_start,
-        )
+    features, segmentation_version = join_segment_version(
+        features,
+        options.offline_store,
+        options.segmentation_version,
+        VALIDATION_FOLDS[0].window.train_start,
+    )
     inputs = model_inputs(segmentation_version)
     validation, test = build_folds(features, labels)
     expectations = check_contract([*validation, *test], options.limits)

@@ -138,22 +138,29 @@ def add_segment_column(frame: pd.DataFrame, segments: SegmentInput) -> pd.DataFr
 
 
 def join_segment_version(
-    frame: pd.DataFrame, offline_store: Path, requested: str, first_training_day: date
-) -> tuple[pd.DataFrame, str]:
+    frame: pd.DataFrame,
+    offline_store: Path,
+    requested: str | None,
+    first_training_day: date,
+) -> tuple[pd.DataFrame, str | None]:
     """Read a version, check it for look-ahead and add its segments to ``frame``.
 
     Returns
     -------
     frame : pandas.DataFrame of shape (n_rows, n_columns + 1)
-        As :func:`add_segment_column` returns it.
-    version : str
-        The version read, ``LATEST_VERSION`` resolved.
+        As :func:`add_segment_column` returns it; ``frame`` itself when
+        ``requested`` is None.
+    version : str or None
+        The version read, ``LATEST_VERSION`` resolved; None when ``requested``
+        is None.
 
     Raises
     ------
     InputDataError
         As :func:`load_segment_input` and :func:`check_no_lookahead` raise it.
     """
+    if requested is None:
+        return frame, None
     segments = load_segment_input(offline_store, requested)
     check_no_lookahead(segments, first_training_day)
     return add_segment_column(frame, segments), segments.version

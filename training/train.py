@@ -133,14 +133,12 @@ def run(options: JobOptions) -> JobResult:
     """
     started = time.perf_counter()
     labelled = load_labelled_features(options.offline_store)
-    segmentation_version = None
-    if options.segmentation_version is not None:
-        labelled, segmentation_version = join_segment_version(
-            labelled,
-            options.offline_store,
-            options.segmentation_version,
-            options.window.train_start,
-        )
+    labelled, segmentation_version = join_segment_version(
+        labelled,
+        options.offline_store,
+        options.segmentation_version,
+        options.window.train_start,
+    )
     config = replace(options.config, inputs=model_inputs(segmentation_version))
     train, test = split_train_test(labelled, options.window)
     log.info("split: %d training rows, %d test rows", len(train), len(test))

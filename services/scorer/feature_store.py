@@ -161,9 +161,9 @@ class Histories:
 class RedisReply:
     """Reply of one Redis round trip: histories (None on a miss) and the claim.
 
-    ``segment_known`` is True when the histories' segment is the answer for the
-    query's segmentation version: the version is kept in Redis, or the query
-    has none.
+    ``segment_known`` is True when the histories' segment is final for the
+    query's segmentation version, because Redis keeps that version or the
+    query has none.
     """
 
     histories: Histories | None
@@ -190,9 +190,9 @@ class Lookup:
 # packs and parses one command, which costs less CPU per request. Scores come
 # back as strings, members as bytes. ARGV[3] is the number of device keys (0 or
 # 1) after the two history keys, and ARGV[4] the start of the device window.
-# ARGV[5] is the segmentation version, or an empty string for none; with one,
-# the next two keys are the customer's segment hash and the sorted set of
-# versions kept in Redis. With one more key the script also claims the
+# ARGV[5] is the segmentation version, or an empty string for none. With a
+# version, the next two keys are the customer's segment hash and the sorted set
+# of versions kept in Redis. With one more key the script also claims the
 # transaction id: SET NX GET stores the pending marker ARGV[6] for ARGV[7]
 # seconds and returns nil, or returns the value stored before and changes
 # nothing.

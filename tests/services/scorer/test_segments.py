@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from fraudcore.decisions import DECISIONS_SCHEMA
+from fraudcore.features import CustomerEvent, TerminalLabel
 from fraudcore.segments import (
     CUSTOMER_SEGMENT,
     NO_SEGMENT,
@@ -131,6 +133,27 @@ def publish(
     write_redis_segments(stores.redis, stores.prefix, rows)
 
 
+History = tuple[list[CustomerEvent], list[TerminalLabel]]
+
+
+@pytest.fixture
+def history(stores: SeededStores) -> History:
+    """The test's customer and terminal history, in Redis and PostgreSQL."""
+    events, labels = make_history(stores)
+    stores.seed_redis(events, labels)
+    stores.seed_postgres(events, labels)
+    return events, labels
+
+
+def redis_then_postgres(
+    served: ServedScorer, stores: SeededStores
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score the test's transaction with Redis, then again once Redis is empty."""
+    from_redis = served.decision(request_body(stores))
+    forget_redis(stores)
+    return from_redis, served.decision(request_body(stores))
+
+
 def newer_version(index: int) -> str:
     return f"20240{index + 1}01T000000.000Z-00000000000{index}"
 
@@ -140,13 +163,12 @@ def test_segment_from_redis_then_postgres(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     segmented_settings: ScorerSettings,
     stores: SeededStores,
+    history: History,
     segment_model: SegmentModel,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.scorer.decisions")
-    events, labels = make_history(stores)
-    stores.seed_redis(events, labels)
-    stores.seed_postgres(events, labels)
+    events, labels = history
     publish(stores, SERVED_VERSION, {stores.customer_id: 3})
     # A newer run that puts the customer in a segment the model calls safe.
     publish(
@@ -155,9 +177,7 @@ def test_segment_from_redis_then_postgres(
     served = run_scorer(segmented_settings)
     expected = offline_features(stores, events, labels) | {CUSTOMER_SEGMENT: 3.0}
 
-    from_redis = served.decision(request_body(stores))
-    forget_redis(stores)
-    from_postgres = served.decision(request_body(stores))
+    from_redis, from_postgres = redis_then_postgres(served, stores)
 
     assert from_redis["feature_source"] == "redis"
     assert from_postgres["feature_source"] == "postgres"
@@ -182,17 +202,14 @@ def test_customer_without_segment_gets_default(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     segmented_settings: ScorerSettings,
     stores: SeededStores,
+    history: History,
 ) -> None:
-    events, labels = make_history(stores)
-    stores.seed_redis(events, labels)
-    stores.seed_postgres(events, labels)
+    events, labels = history
     other = f"{stores.customer_id}-other"
     publish(stores, SERVED_VERSION, {other: 3})
     served = run_scorer(segmented_settings)
 
-    from_redis = served.decision(request_body(stores))
-    forget_redis(stores)
-    from_postgres = served.decision(request_body(stores))
+    from_redis, from_postgres = redis_then_postgres(served, stores)
 
     assert from_redis["feature_source"] == "redis"
     assert from_postgres["feature_source"] == "postgres"
@@ -208,9 +225,9 @@ def test_version_gone_from_redis_reads_postgres(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     segmented_settings: ScorerSettings,
     stores: SeededStores,
+    history: History,
 ) -> None:
-    events, labels = make_history(stores)
-    stores.seed_redis(events, labels)
+    events, labels = history
     publish(stores, SERVED_VERSION, {stores.customer_id: 3})
     for index in range(1, REDIS_KEPT_VERSIONS + 1):
         created = PUBLISHED_AT + timedelta(days=index)
@@ -231,9 +248,9 @@ def test_unsegmented_model_ignores_segments(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     live_settings: ScorerSettings,
     stores: SeededStores,
+    history: History,
 ) -> None:
-    events, labels = make_history(stores)
-    stores.seed_redis(events, labels)
+    events, labels = history
     publish(stores, SERVED_VERSION, {stores.customer_id: 3})
     served = run_scorer(live_settings)
 
@@ -269,6 +286,7 @@ def test_trained_segment_reaches_score(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     live_settings: ScorerSettings,
     stores: SeededStores,
+    history: History,
     training_dsn: str,
     tmp_path: Path,
 ) -> None:
@@ -292,8 +310,7 @@ def test_trained_segment_reaches_score(
     moved = {customer: (segment + 1) % 3 for customer, segment in segments.items()}
     later = publish_offline_segments(offline, moved, created + timedelta(1), first_day)
     publish_from_offline(offline, later, stores, training_dsn)
-    events, labels = make_history(stores)
-    stores.seed_redis(events, labels)
+    events, labels = history
     settings = live_settings.model_copy(
         update={
             "pg_dsn": training_dsn,
@@ -306,10 +323,8 @@ def test_trained_segment_reaches_score(
         trained.artifact_path.read_bytes(), "check", 0.5, SEGMENTED_MODEL_INPUTS
     )
 
-    from_redis = served.decision(request_body(stores))
     newest = segment_of(stores.redis, stores.prefix, stores.customer_id, later)
-    forget_redis(stores)
-    from_postgres = served.decision(request_body(stores))
+    from_redis, from_postgres = redis_then_postgres(served, stores)
 
     assert newest == moved[stores.customer_id]
     assert trained.metrics["segmentation_version"] == trained_on
