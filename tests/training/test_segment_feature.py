@@ -165,8 +165,8 @@ def test_run_with_segments_beats_without(
 
     assert without.metrics["feature_names"] == list(MODEL_INPUTS)
     assert without.metrics["segmentation_version"] is None
-    gained = with_segment.metrics["average_precision"]
-    assert gained > without.metrics["average_precision"] + 0.05
+    average_precision = with_segment.metrics["average_precision"]
+    assert average_precision > without.metrics["average_precision"] + 0.05
 
 
 def test_main_lookahead_segments_exit_2(

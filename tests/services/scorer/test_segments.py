@@ -236,8 +236,10 @@ def test_version_gone_from_redis_reads_postgres(
 
     decided = served.decision(request_body(stores))
 
-    kept = segment_of(stores.redis, stores.prefix, stores.customer_id, SERVED_VERSION)
-    assert kept is None
+    in_redis = segment_of(
+        stores.redis, stores.prefix, stores.customer_id, SERVED_VERSION
+    )
+    assert in_redis is None
     assert decided["feature_source"] == "redis"
     assert decided["segment"] == 3
     assert decided["features"][CUSTOMER_SEGMENT] == 3.0
