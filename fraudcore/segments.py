@@ -14,6 +14,10 @@ places:
 
 A model trained with the segments of version ``v`` must be served with the
 segments of the same version, so every lookup takes the version explicitly.
+
+Such a model takes one more input after ``MODEL_INPUTS``: ``CUSTOMER_SEGMENT``,
+the segment id as a number, or ``NO_SEGMENT`` for a customer without a segment
+in that version. Training and the scorer use the same default.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from fraudcore.features import MODEL_INPUTS
+
 # Versions older than the newest few are removed from Redis at publication, so
 # that a model trained on a recent version keeps finding its segments while the
 # hashes do not grow with every run. PostgreSQL and Parquet keep every version.
 REDIS_KEPT_VERSIONS = 3
+
+CUSTOMER_SEGMENT = "CUSTOMER_SEGMENT"
+# Segment ids are 0, 1, ..., so -1 is no segment's id. Trees can split it off
+# with one threshold, below every real id.
+NO_SEGMENT = -1
+SEGMENTED_MODEL_INPUTS = (*MODEL_INPUTS, CUSTOMER_SEGMENT)
 
 SEGMENTS_PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS customer_segments (
@@ -45,6 +57,11 @@ SEGMENT_PG_SQL = """
 SELECT segment FROM customer_segments
 WHERE customer_id = %s AND segmentation_version = %s
 """
+
+
+def model_inputs(segmentation_version: str | None) -> tuple[str, ...]:
+    """Return the input names of a model trained with or without segments."""
+    return MODEL_INPUTS if segmentation_version is None else SEGMENTED_MODEL_INPUTS
 
 
 def segment_key(prefix: str, customer_id: str) -> str:

@@ -1,7 +1,8 @@
 """LightGBM fraud classifier with monotone constraints, and its ONNX export.
 
 The served model is the ONNX graph. It takes one float32 row per transaction in
-``MODEL_INPUTS`` order and returns ``label`` (int64, shape (n,)) and
+the order of ``ModelConfig.inputs`` (``MODEL_INPUTS``, plus ``CUSTOMER_SEGMENT``
+for a model trained with segments) and returns ``label`` (int64, shape (n,)) and
 ``probabilities`` (float32, shape (n, 2), column 1 is fraud). The classifier is
 fit on the same float32 values, and the export rounds every split threshold down
 to float32, so LightGBM and ONNX send each row down the same branches.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from training.errors import InputDataError, VerificationError
 
 log = logging.getLogger(__name__)
 
-# Model input rows, shape (n_rows, len(MODEL_INPUTS)); labels and probabilities,
+# Model input rows, shape (n_rows, len(inputs)); labels and probabilities,
 # shape (n_rows,).
 Matrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
@@ -76,6 +77,7 @@ class ModelConfig:
     chosen on the validation folds. The training week has about 600 frauds.
     Small trees with at least 50 rows a leaf and a low learning rate keep single
     frauds from getting leaves of their own.
+    ``inputs`` names the model inputs in column order. It is not searched.
     ``num_threads`` is fixed rather than taken from the machine. With the same
     data and parameters, ``deterministic`` and row-wise histograms make LightGBM
     rebuild the same trees (LightGBM documents this for ``deterministic``).
@@ -97,6 +99,7 @@ class ModelConfig:
     constraints: Mapping[str, int] = field(
         default_factory=lambda: dict(MONOTONE_CONSTRAINTS)
     )
+    inputs: tuple[str, ...] = MODEL_INPUTS
 
     def lightgbm_params(self) -> dict[str, Any]:
         """Return the keyword arguments of ``lightgbm.LGBMClassifier``."""
@@ -109,7 +112,7 @@ class ModelConfig:
             "colsample_bytree": self.colsample_bytree,
             "reg_lambda": self.reg_lambda,
             "monotone_constraints": [
-                self.constraints.get(name, 0) for name in MODEL_INPUTS
+                self.constraints.get(name, 0) for name in self.inputs
             ],
             # LightGBM documents "basic" as possibly over-constraining; at this
             # size "advanced" adds a fraction of a second to a fit.
@@ -122,19 +125,21 @@ class ModelConfig:
         }
 
 
-def model_matrix(frame: pd.DataFrame) -> Matrix:
+def model_matrix(frame: pd.DataFrame, inputs: Sequence[str] = MODEL_INPUTS) -> Matrix:
     """Return the model inputs of each row as the float32 matrix ONNX takes.
 
     Parameters
     ----------
     frame : pandas.DataFrame of shape (n_rows, n_columns)
-        Rows with every name of ``MODEL_INPUTS`` as a column.
+        Rows with every name of ``inputs`` as a column.
+    inputs : sequence of str
+        Column names in model input order.
 
     Returns
     -------
-    numpy.ndarray of shape (n_rows, len(MODEL_INPUTS)), dtype float32
+    numpy.ndarray of shape (n_rows, len(inputs)), dtype float32
     """
-    return np.ascontiguousarray(frame[list(MODEL_INPUTS)].to_numpy(dtype=np.float32))
+    return np.ascontiguousarray(frame[list(inputs)].to_numpy(dtype=np.float32))
 
 
 def fit_classifier(
@@ -144,7 +149,7 @@ def fit_classifier(
 
     Parameters
     ----------
-    x : numpy.ndarray of shape (n_rows, len(MODEL_INPUTS)), dtype float32
+    x : numpy.ndarray of shape (n_rows, len(config.inputs)), dtype float32
     y : numpy.ndarray of shape (n_rows,)
         Labels, 1 for fraud.
     config : ModelConfig
@@ -157,7 +162,14 @@ def fit_classifier(
     ------
     InputDataError
         If ``y`` does not contain both classes.
+    ValueError
+        If ``x`` does not have one column per name of ``config.inputs``.
     """
+    if x.ndim != 2 or x.shape[1] != len(config.inputs):
+        raise ValueError(
+            f"x must have one column per model input ({len(config.inputs)}), "
+            f"got shape {x.shape}."
+        )
     classes = np.unique(y)
     if len(classes) != 2:
         raise InputDataError(
@@ -187,7 +199,7 @@ def choose_threshold(
 
     Parameters
     ----------
-    x : numpy.ndarray of shape (n_rows, len(MODEL_INPUTS)), dtype float32
+    x : numpy.ndarray of shape (n_rows, len(config.inputs)), dtype float32
     y : numpy.ndarray of shape (n_rows,)
     config : ModelConfig
     folds : int
@@ -220,7 +232,9 @@ def choose_threshold(
     return float(thresholds[best])
 
 
-def to_onnx(model: lgb.LGBMClassifier) -> onnx.ModelProto:
+def to_onnx(
+    model: lgb.LGBMClassifier, inputs: Sequence[str] = MODEL_INPUTS
+) -> onnx.ModelProto:
     """Convert the classifier to ONNX with float32 input and no ZipMap.
 
     ONNX compares float32 inputs with float32 thresholds, and converting a double
@@ -232,24 +246,25 @@ def to_onnx(model: lgb.LGBMClassifier) -> onnx.ModelProto:
     Parameters
     ----------
     model : lightgbm.LGBMClassifier
-        A fitted classifier over ``MODEL_INPUTS``.
+        A fitted classifier over ``inputs``.
+    inputs : sequence of str
+        Names of the model inputs in column order, stored in the metadata
+        property ``feature_names``.
 
     Returns
     -------
     onnx.ModelProto
-        Input ``features`` of shape (n, len(MODEL_INPUTS)); outputs ``label``
-        and ``probabilities``.
+        Input ``features`` of shape (n, len(inputs)); outputs ``label`` and
+        ``probabilities``.
     """
     booster = _round_thresholds_down(model.booster_)
     exported: onnx.ModelProto = convert_lightgbm(
         booster,
-        initial_types=[(ONNX_INPUT_NAME, FloatTensorType([None, len(MODEL_INPUTS)]))],
+        initial_types=[(ONNX_INPUT_NAME, FloatTensorType([None, len(inputs)]))],
         zipmap=False,
     )
     _declare_batch_dimension(exported)
-    onnx.helper.set_model_props(
-        exported, {"feature_names": json.dumps(list(MODEL_INPUTS))}
-    )
+    onnx.helper.set_model_props(exported, {"feature_names": json.dumps(list(inputs))})
     onnx.checker.check_model(exported)
     return exported
 
@@ -292,7 +307,7 @@ def check_onnx_parity(
     model : lightgbm.LGBMClassifier
     session : onnxruntime.InferenceSession
         Session on the export of ``model``.
-    x : numpy.ndarray of shape (n_rows, len(MODEL_INPUTS)), dtype float32
+    x : numpy.ndarray of shape (n_rows, n_inputs), dtype float32
     tolerance : float
         Largest absolute difference accepted.
 
@@ -342,6 +357,7 @@ def count_monotonicity_violations(
     max_rows: int = 1000,
     tolerance: float = MONOTONICITY_TOLERANCE,
     seed: int = 0,
+    inputs: Sequence[str] = MODEL_INPUTS,
 ) -> MonotonicityReport:
     """Count where the ONNX model's probability moves against a constraint.
 
@@ -354,7 +370,7 @@ def count_monotonicity_violations(
     Parameters
     ----------
     session : onnxruntime.InferenceSession
-    x : numpy.ndarray of shape (n_rows, len(MODEL_INPUTS)), dtype float32
+    x : numpy.ndarray of shape (n_rows, len(inputs)), dtype float32
     constraints : Mapping[str, int]
         Direction per feature name, +1 or -1; features mapped to 0 are skipped.
     grid_size : int
@@ -364,6 +380,8 @@ def count_monotonicity_violations(
         Decrease of probability accepted as float32 rounding.
     seed : int
         Seed of the row sample.
+    inputs : sequence of str
+        Names of the columns of ``x``.
 
     Returns
     -------
@@ -376,7 +394,7 @@ def count_monotonicity_violations(
     for name, direction in constraints.items():
         if direction == 0:
             continue
-        column = MODEL_INPUTS.index(name)
+        column = list(inputs).index(name)
         grid = _sweep_grid(x[:, column], grid_size)
         batch = np.repeat(rows, len(grid), axis=0)
         batch[:, column] = np.tile(grid, len(rows))

@@ -5,11 +5,15 @@ Usage::
     python -m training.prequential [--offline-store PATH] [--report-dir DIR]
                                    [--model-dir DIR] [--trials N] [--seed N]
                                    [--num-threads N] [--no-register]
+                                   [--segmentation-version VERSION|latest]
 
 Steps, following the chapter-5 protocol of the fraud-detection handbook (see
 :mod:`training.folds`):
 
-1. Load the feature and label rows of the offline store.
+1. Load the feature and label rows of the offline store and, with a
+   segmentation version, add each customer's segment as the last model input
+   (:mod:`training.segment_feature`). Its profiles must stop by the first
+   validation fold's training day.
 2. Build the 4 validation folds from the store as it was at the first test
    fold's cut-off, and the 4 test folds from the whole store.
 3. Check every fold's training set against the data contract of
@@ -39,7 +43,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,8 +53,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from fraudcore.features import MODEL_INPUTS
 from fraudcore.registry import CANDIDATE_STAGE
+from fraudcore.segments import model_inputs
 from fraudcore.settings import PlatformSettings
 from training import model as classifier
 from training import report, search
@@ -60,11 +64,13 @@ from training.errors import DataContractError, InputDataError, VerificationError
 from training.evaluation import SCORE_COLUMN, daily_card_precision_at_k, evaluate_scores
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS, FoldData, build_fold, view_at
 from training.registry import REGISTER_STAGES, ModelRecord, file_sha256
+from training.segment_feature import join_segment_version
 from training.train import (
     CARDS_PER_DAY,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    add_segmentation_argument,
     model_version,
     register,
     verify_export,
@@ -95,6 +101,7 @@ class ProtocolOptions:
     # Stage of the registered version; promotion past shadow goes through
     # ``python -m training.models promote``, which runs the shadow guard.
     stage: str = CANDIDATE_STAGE
+    segmentation_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,11 +168,13 @@ def fit_test_fold(data: FoldData, config: classifier.ModelConfig) -> TestFoldRes
     """Fit on a test fold's training week and score its test week with LightGBM."""
     started = time.perf_counter()
     model = classifier.fit_classifier(
-        classifier.model_matrix(data.train), data.train["fraud"].to_numpy(), config
+        classifier.model_matrix(data.train, config.inputs),
+        data.train["fraud"].to_numpy(),
+        config,
     )
     fit_seconds = time.perf_counter() - started
     probability = classifier.fraud_probability(
-        model, classifier.model_matrix(data.test)
+        model, classifier.model_matrix(data.test, config.inputs)
     )
     scored = data.test.assign(**{SCORE_COLUMN: probability})
     metrics: dict[str, Any] = evaluate_scores(scored, CARDS_PER_DAY)
@@ -226,29 +235,39 @@ def run(options: ProtocolOptions) -> ProtocolResult:
     started = time.perf_counter()
     features = load_features(options.offline_store)
     labels = load_labels(options.offline_store)
+    features, segmentation_version = join_segment_version(
+        features,
+        options.offline_store,
+        options.segmentation_version,
+        VALIDATION_FOLDS[0].window.train_start,
+    )
+    inputs = model_inputs(segmentation_version)
     validation, test = build_folds(features, labels)
     expectations = check_contract([*validation, *test], options.limits)
 
     searched = search.search(
-        validation, options.trials, options.seed, options.base_config
+        validation,
+        options.trials,
+        options.seed,
+        replace(options.base_config, inputs=inputs),
     )
     log.info("chosen parameters: %s", searched.config)
     results = [fit_test_fold(data, searched.config) for data in test]
 
     final = results[-1]
-    x_final = classifier.model_matrix(final.data.train)
+    x_final = classifier.model_matrix(final.data.train, inputs)
     threshold_started = time.perf_counter()
     threshold = classifier.choose_threshold(
         x_final, final.data.train["fraud"].to_numpy(), searched.config
     )
     threshold_seconds = time.perf_counter() - threshold_started
-    exported = classifier.to_onnx(final.model).SerializeToString()
+    exported = classifier.to_onnx(final.model, inputs).SerializeToString()
     created_at = datetime.now(UTC).replace(microsecond=0)
     version = model_version(created_at, exported)
     artifact = write_artifacts(options.model_dir / version, exported, final.model)
     session = classifier.onnx_session(exported)
     checks, failure = verify_export(
-        final.model, session, final.data.train, final.data.test
+        final.model, session, final.data.train, final.data.test, inputs
     )
 
     test_metrics = [result.metrics for result in results]
@@ -287,7 +306,8 @@ def run(options: ProtocolOptions) -> ProtocolResult:
         "verified": failure is None,
         "verification_error": None if failure is None else str(failure),
         "machine": report.machine_description(),
-        "feature_names": list(MODEL_INPUTS),
+        "feature_names": list(inputs),
+        "segmentation_version": segmentation_version,
     } | checks
     metrics["total_seconds"] = round(time.perf_counter() - started, 3)
     report_path = report.write_report(
@@ -305,11 +325,12 @@ def run(options: ProtocolOptions) -> ProtocolResult:
             version=version,
             artifact_path=str(artifact),
             artifact_sha256=file_sha256(artifact),
-            feature_names=MODEL_INPUTS,
+            feature_names=inputs,
             metrics=metrics,
             threshold=threshold,
             created_at=created_at,
             stage=options.stage,
+            segmentation_version=segmentation_version,
         )
         register(options.pg_dsn, record)
     return ProtocolResult(version, artifact, report_path, metrics)
@@ -373,6 +394,7 @@ def parse_args(
         default=CANDIDATE_STAGE,
         help="stage of the registered version (default: %(default)s)",
     )
+    add_segmentation_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -407,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         published_csv=settings.data_dir / PUBLISHED_RESULTS_FILE,
         pg_dsn=None if args.no_register else settings.pg_dsn,
         stage=args.stage,
+        segmentation_version=args.segmentation_version,
     )
     try:
         result = run(options)

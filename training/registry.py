@@ -32,6 +32,7 @@ from fraudcore.registry import (
     PRODUCTION_STAGE,
     REGISTRY_LIFECYCLE,
     REGISTRY_SCHEMA,
+    REGISTRY_SEGMENTATION_COLUMN,
     SCHEMA_LOCK_ID,
     SHADOW_STAGE,
     InvalidTransition,
@@ -50,6 +51,7 @@ _COLUMNS = (
     "metrics",
     "threshold",
     "stage",
+    "segmentation_version",
 )
 _LIFECYCLE_COLUMNS = ("canary_share", "promoted_by", "promoted_at")
 # Stages a training job may register a version in. Canary and production are
@@ -86,6 +88,8 @@ class ModelRecord:
             is the canary, else None.
         promoted_by: Who made the last stage change, None before the first.
         promoted_at: Time of the last stage change, None before the first.
+        segmentation_version: Segmentation version of the ``CUSTOMER_SEGMENT``
+            input, or None for a model without it.
     """
 
     version: str
@@ -99,6 +103,7 @@ class ModelRecord:
     canary_share: float | None = None
     promoted_by: str | None = None
     promoted_at: datetime | None = None
+    segmentation_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
         conn.execute(REGISTRY_SCHEMA)
         conn.execute(REGISTRY_LIFECYCLE)
+        conn.execute(REGISTRY_SEGMENTATION_COLUMN)
     conn.commit()
 
 
@@ -167,7 +173,7 @@ def register_model(
     with conn.transaction():
         conn.execute(
             f"INSERT INTO model_registry ({', '.join(_COLUMNS)}) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            f"VALUES ({', '.join(['%s'] * len(_COLUMNS))})",
             (
                 record.version,
                 record.created_at,
@@ -177,6 +183,7 @@ def register_model(
                 Jsonb(record.metrics),
                 record.threshold,
                 CANDIDATE_STAGE,
+                record.segmentation_version,
             ),
         )
         _insert_history(conn, record.version, None, CANDIDATE_STAGE, None, actor)
@@ -493,4 +500,5 @@ def _record(row: dict[str, Any]) -> ModelRecord:
         canary_share=row["canary_share"],
         promoted_by=row["promoted_by"],
         promoted_at=row["promoted_at"],
+        segmentation_version=row["segmentation_version"],
     )

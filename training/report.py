@@ -147,7 +147,7 @@ def write_report(
     )
     save_curves(scored_folds, folder)
     save_calibration(scored_folds, folder / CALIBRATION_FIGURE)
-    save_importance(model, folder / IMPORTANCE_FIGURE)
+    save_importance(model, folder / IMPORTANCE_FIGURE, metrics["feature_names"])
     path = folder / REPORT_FILE
     path.write_text(markdown_report(metrics))
     summary = metrics["test_summary"]
@@ -219,12 +219,14 @@ def save_calibration(
     _save(figure, path)
 
 
-def save_importance(model: lgb.LGBMClassifier, path: Path) -> None:
-    """Save the total split gain of each model input as a bar chart."""
+def save_importance(
+    model: lgb.LGBMClassifier, path: Path, inputs: Sequence[str] = MODEL_INPUTS
+) -> None:
+    """Save the total split gain of each model input, named by ``inputs``."""
     gain = model.booster_.feature_importance(importance_type="gain")
     order = np.argsort(gain)
-    figure, axes = plt.subplots(figsize=(7, 0.3 * len(MODEL_INPUTS) + 1.5))
-    axes.barh([MODEL_INPUTS[i] for i in order], gain[order])
+    figure, axes = plt.subplots(figsize=(7, 0.3 * len(inputs) + 1.5))
+    axes.barh([inputs[i] for i in order], gain[order])
     axes.set_xlabel("total gain of the splits on the feature")
     axes.set_title("Feature importance of the final model")
     axes.grid(alpha=0.3, axis="x")

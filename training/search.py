@@ -67,10 +67,12 @@ class SearchResult:
 def score_fold(config: classifier.ModelConfig, data: FoldData) -> FoldScore:
     """Fit on a fold's training rows and compute the metrics on its test rows."""
     model = classifier.fit_classifier(
-        classifier.model_matrix(data.train), data.train["fraud"].to_numpy(), config
+        classifier.model_matrix(data.train, config.inputs),
+        data.train["fraud"].to_numpy(),
+        config,
     )
     probability = classifier.fraud_probability(
-        model, classifier.model_matrix(data.test)
+        model, classifier.model_matrix(data.test, config.inputs)
     )
     scored = data.test.assign(score=probability)
     return FoldScore(data.fold.name, evaluate_scores(scored, CARDS_PER_DAY))

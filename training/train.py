@@ -5,10 +5,13 @@ Usage::
     python -m training.train [--offline-store PATH] [--report-dir DIR]
                              [--model-dir DIR] [--train-start YYYY-MM-DD]
                              [--num-threads N] [--no-register]
+                             [--segmentation-version VERSION|latest]
 
 Steps:
 
-1. Load the labelled features of the offline store.
+1. Load the labelled features of the offline store and, with a segmentation
+   version, add each customer's segment as the last model input
+   (:mod:`training.segment_feature`).
 2. Split them into the training week and the test week by the chapter-3
    protocol of :mod:`training.evaluation`.
 3. Fit the classifier and choose its block threshold.
@@ -32,7 +35,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ import psycopg
 
 from fraudcore.features import MODEL_INPUTS
 from fraudcore.registry import CANDIDATE_STAGE
+from fraudcore.segments import model_inputs
 from fraudcore.settings import PlatformSettings
 from training import model as classifier
 from training.dataset import load_labelled_features
@@ -65,6 +69,7 @@ from training.registry import (
     file_sha256,
     register_model,
 )
+from training.segment_feature import LATEST_VERSION, join_segment_version
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,12 @@ CARDS_PER_DAY = 100
 
 @dataclass(frozen=True)
 class JobOptions:
-    """Inputs and outputs of one training run."""
+    """Inputs and outputs of one training run.
+
+    ``segmentation_version`` adds the customer segment of that version, or of
+    the newest one for ``LATEST_VERSION``, as a model input; None trains on
+    ``MODEL_INPUTS`` alone.
+    """
 
     offline_store: Path
     report_dir: Path
@@ -91,6 +101,7 @@ class JobOptions:
     # Stage of the registered version; promotion past shadow goes through
     # ``python -m training.models promote``, which runs the shadow guard.
     stage: str = CANDIDATE_STAGE
+    segmentation_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,22 +142,29 @@ def run(options: JobOptions) -> JobResult:
     """
     started = time.perf_counter()
     labelled = load_labelled_features(options.offline_store)
+    labelled, segmentation_version = join_segment_version(
+        labelled,
+        options.offline_store,
+        options.segmentation_version,
+        options.window.train_start,
+    )
+    config = replace(options.config, inputs=model_inputs(segmentation_version))
     train, test = split_train_test(labelled, options.window)
     log.info("split: %d training rows, %d test rows", len(train), len(test))
 
-    fitted = _fit(train, options.config)
-    exported = classifier.to_onnx(fitted.model).SerializeToString()
+    fitted = _fit(train, config)
+    exported = classifier.to_onnx(fitted.model, config.inputs).SerializeToString()
     created_at = datetime.now(UTC).replace(microsecond=0)
     version = model_version(created_at, exported)
     artifact = write_artifacts(options.model_dir / version, exported, fitted.model)
 
     session = classifier.onnx_session(exported)
-    checks, failure = verify_export(fitted.model, session, train, test)
+    checks, failure = verify_export(fitted.model, session, train, test, config.inputs)
     probability = classifier.onnx_fraud_probability(
-        session, classifier.model_matrix(test)
+        session, classifier.model_matrix(test, config.inputs)
     )
     scored = test.assign(**{SCORE_COLUMN: probability})
-    metrics = _metrics(scored, fitted, options, checks, failure)
+    metrics = _metrics(scored, fitted, options, config, checks, failure)
     metrics |= {
         "version": version,
         "created_at": created_at.isoformat(),
@@ -154,6 +172,8 @@ def run(options: JobOptions) -> JobResult:
         "test_rows": len(test),
         "train_frauds": int(train[LABEL_COLUMN].sum()),
         "test_frauds": int(test[LABEL_COLUMN].sum()),
+        "feature_names": list(config.inputs),
+        "segmentation_version": segmentation_version,
         "total_seconds": round(time.perf_counter() - started, 3),
     }
     report = _write_report(options.report_dir / version, metrics)
@@ -165,11 +185,12 @@ def run(options: JobOptions) -> JobResult:
             version=version,
             artifact_path=str(artifact),
             artifact_sha256=file_sha256(artifact),
-            feature_names=MODEL_INPUTS,
+            feature_names=config.inputs,
             metrics=metrics,
             threshold=fitted.threshold,
             created_at=created_at,
             stage=options.stage,
+            segmentation_version=segmentation_version,
         )
         register(options.pg_dsn, record)
     return JobResult(version, artifact, report, metrics)
@@ -182,7 +203,7 @@ def register(pg_dsn: str, record: ModelRecord) -> None:
 
 
 def _fit(train: pd.DataFrame, config: classifier.ModelConfig) -> FittedModel:
-    x = classifier.model_matrix(train)
+    x = classifier.model_matrix(train, config.inputs)
     y = train[LABEL_COLUMN].to_numpy()
     started = time.perf_counter()
     model = classifier.fit_classifier(x, y, config)
@@ -220,13 +241,15 @@ def verify_export(
     session: ort.InferenceSession,
     train: pd.DataFrame,
     test: pd.DataFrame,
+    inputs: Sequence[str] = MODEL_INPUTS,
 ) -> tuple[dict[str, Any], VerificationError | None]:
     """Check ONNX parity on every row and monotonicity on the test rows.
 
-    Returns the check results and the first failure, or None when both passed.
+    ``inputs`` names the model's input columns in order. Returns the check
+    results and the first failure, or None when both passed.
     """
-    x_test = classifier.model_matrix(test)
-    x_all = np.concatenate([classifier.model_matrix(train), x_test])
+    x_test = classifier.model_matrix(test, inputs)
+    x_all = np.concatenate([classifier.model_matrix(train, inputs), x_test])
     failure: VerificationError | None = None
     try:
         max_difference = classifier.check_onnx_parity(model, session, x_all)
@@ -235,7 +258,9 @@ def verify_export(
         differences = classifier.probability_differences(model, session, x_all)
         max_difference = float(differences.max())
 
-    monotonicity = classifier.count_monotonicity_violations(session, x_test)
+    monotonicity = classifier.count_monotonicity_violations(
+        session, x_test, inputs=inputs
+    )
     if failure is None and monotonicity.total_violations:
         failure = VerificationError(
             "the ONNX model must respect its monotone constraints, got "
@@ -256,6 +281,7 @@ def _metrics(
     scored: pd.DataFrame,
     fitted: FittedModel,
     options: JobOptions,
+    config: classifier.ModelConfig,
     checks: dict[str, Any],
     failure: VerificationError | None,
 ) -> dict[str, Any]:
@@ -278,7 +304,7 @@ def _metrics(
             "test": [str(options.window.test_dates()[i]) for i in (0, -1)],
             "gap_days": options.window.gap_days,
         },
-        "model": asdict(options.config) | {"lightgbm_version": lgb.__version__},
+        "model": asdict(config) | {"lightgbm_version": lgb.__version__},
         "verified": failure is None,
         "verification_error": None if failure is None else str(failure),
     }
@@ -363,7 +389,20 @@ def parse_args(
         default=CANDIDATE_STAGE,
         help="stage of the registered version (default: %(default)s)",
     )
+    add_segmentation_argument(parser)
     return parser.parse_args(argv)
+
+
+def add_segmentation_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--segmentation-version`` to a training job's command line."""
+    parser.add_argument(
+        "--segmentation-version",
+        metavar="VERSION",
+        help="add the customer segment of this segmentation version of the "
+        f"offline store as a model input, or of the newest one with "
+        f"'{LATEST_VERSION}'; its profiles must stop by the first training day "
+        "(default: no segment input)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=classifier.ModelConfig(num_threads=args.num_threads),
         pg_dsn=None if args.no_register else settings.pg_dsn,
         stage=args.stage,
+        segmentation_version=args.segmentation_version,
     )
     try:
         result = run(options)

@@ -27,7 +27,6 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
-from fraudcore.features import MODEL_INPUTS
 from services.scorer.errors import ModelLoadError
 from services.scorer.model import ScoringModel
 from services.scorer.schemas import Reason
@@ -54,18 +53,20 @@ class Explainer:
     ) -> list[Reason]:
         """Return up to ``count`` inputs with the largest positive contributions.
 
-        ``features`` must be in ``MODEL_INPUTS`` order. Inputs that lowered the
-        score are never reasons, so fewer than ``count`` may come back.
+        ``features`` maps every model input to its value, in model input order.
+        Inputs that lowered the score are never reasons, so fewer than ``count``
+        may come back.
         """
+        names = list(features)
         values = list(features.values())
         row = np.asarray([values], dtype=np.float32)
         contributions = self.booster.predict(row, pred_contrib=True, num_threads=1)
         # The last column is the expected value (bias), not an input.
-        per_input = np.asarray(contributions)[0, : len(MODEL_INPUTS)]
+        per_input = np.asarray(contributions)[0, : len(names)]
         ranked = np.argsort(-per_input, kind="stable")[:count]
         return [
             Reason(
-                feature=MODEL_INPUTS[i],
+                feature=names[i],
                 value=values[i],
                 contribution=float(per_input[i]),
             )
@@ -106,10 +107,10 @@ def load_explainer(artifact: Path, model: ScoringModel) -> Explainer | None:
 
 def check_same_model(booster: lgb.Booster, model: ScoringModel, path: Path) -> None:
     """Raise ModelLoadError unless ``booster`` predicts what ``model`` predicts."""
-    if booster.num_feature() != len(MODEL_INPUTS):
+    if booster.num_feature() != len(model.inputs):
         raise ModelLoadError(
             f"{path} has {booster.num_feature()} inputs, but model "
-            f"{model.version!r} takes {len(MODEL_INPUTS)}"
+            f"{model.version!r} takes {len(model.inputs)}"
         )
     rows = probe_rows(booster)
     expected = model.predict_rows(rows)
@@ -141,7 +142,7 @@ def probe_rows(
     lies on the same side of every split in both models. Values at a threshold
     itself are avoided because there the two models may round differently.
     """
-    thresholds: list[set[float]] = [set() for _ in MODEL_INPUTS]
+    thresholds: list[set[float]] = [set() for _ in range(booster.num_feature())]
     for feature, threshold in split_thresholds(booster):
         thresholds[feature].add(_float32_floor(threshold))
     rng = np.random.default_rng(seed)

@@ -21,6 +21,16 @@ of every new customer. A missing device key is trusted in the same way. Redis
 errors, timeouts and members of another layout also fall back to PostgreSQL,
 and a PostgreSQL failure leaves empty histories with the source ``default``.
 
+For a model trained with customer segments, the same round trip reads the
+customer's segment under the model's segmentation version, and Redis is trusted
+for it whenever that version is listed among the versions kept in Redis: a
+missing hash field then means a customer without a segment. When the version is
+not kept in Redis (removed as older, or never published there), the segment is
+read from ``customer_segments`` in PostgreSQL, in the same PostgreSQL pipeline
+as the histories when Redis missed. A customer without a segment anywhere, or a
+failed read, gets ``None``, which the scorer feeds to the model as
+:data:`fraudcore.segments.NO_SEGMENT`.
+
 Each lookup has a deadline on the event loop's clock. Redis gets
 ``redis_timeout_seconds`` or less, and PostgreSQL whatever remains. The same
 Redis round trip also claims the transaction id for idempotency (see
@@ -32,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -49,6 +59,12 @@ from fraudcore.features import (
     DeviceEventTuple,
     TerminalLabel,
     TerminalLabelTuple,
+)
+from fraudcore.segments import (
+    SEGMENT_PG_SQL,
+    decode_segment,
+    segment_key,
+    versions_key,
 )
 from fraudcore.store import (
     InvalidMemberError,
@@ -91,7 +107,8 @@ PG_FAILURES = (psycopg.Error, OSError, TimeoutError)
 class HistoryQuery:
     """Keys and time window ``(start_ms, end_ms]`` of one lookup.
 
-    The device, when given, is read over ``(device_start_ms, end_ms]``.
+    The device, when given, is read over ``(device_start_ms, end_ms]``. With a
+    ``segmentation_version``, the customer's segment under it is read as well.
     """
 
     customer_id: str
@@ -99,6 +116,7 @@ class HistoryQuery:
     start_ms: int
     end_ms: int
     device_id: str | None = None
+    segmentation_version: str | None = None
 
     @classmethod
     def for_transaction(
@@ -107,10 +125,16 @@ class HistoryQuery:
         terminal_id: str,
         event_ms: int,
         device_id: str | None = None,
+        segmentation_version: str | None = None,
     ) -> HistoryQuery:
         """Build the query that covers every feature window at ``event_ms``."""
         return cls(
-            customer_id, terminal_id, event_ms - LOOKBACK_MS, event_ms, device_id
+            customer_id,
+            terminal_id,
+            event_ms - LOOKBACK_MS,
+            event_ms,
+            device_id,
+            segmentation_version,
         )
 
     @property
@@ -121,19 +145,30 @@ class HistoryQuery:
 
 @dataclass(frozen=True)
 class Histories:
-    """A customer's events, a terminal's known labels and a device's events."""
+    """A customer's events, a terminal's known labels and a device's events.
+
+    ``segment`` is the customer's segment under the query's segmentation
+    version, None without a version or a segment.
+    """
 
     customer: Sequence[CustomerEventTuple] = field(default_factory=list)
     terminal: Sequence[TerminalLabelTuple] = field(default_factory=list)
     device: Sequence[DeviceEventTuple] = field(default_factory=list)
+    segment: int | None = None
 
 
 @dataclass(frozen=True)
 class RedisReply:
-    """Reply of one Redis round trip: histories (None on a miss) and the claim."""
+    """Reply of one Redis round trip: histories (None on a miss) and the claim.
+
+    ``segment_known`` is True when the histories' segment is final for the
+    query's segmentation version, because Redis keeps that version or the
+    query has none.
+    """
 
     histories: Histories | None
     stored_decision: bytes | None
+    segment_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,9 +190,12 @@ class Lookup:
 # packs and parses one command, which costs less CPU per request. Scores come
 # back as strings, members as bytes. ARGV[3] is the number of device keys (0 or
 # 1) after the two history keys, and ARGV[4] the start of the device window.
-# With one more key the script also claims the transaction id: SET NX GET
-# stores the pending marker ARGV[5] for ARGV[6] seconds and returns nil, or
-# returns the value stored before and changes nothing.
+# ARGV[5] is the segmentation version, or an empty string for none. With a
+# version, the next two keys are the customer's segment hash and the sorted set
+# of versions kept in Redis. With one more key the script also claims the
+# transaction id: SET NX GET stores the pending marker ARGV[6] for ARGV[7]
+# seconds and returns nil, or returns the value stored before and changes
+# nothing.
 # NOTE: the script reads keys of several entities. Redis Cluster allows that
 # only when they hash to one slot, so the scorer needs a single Redis server.
 LOOKUP_SCRIPT = """
@@ -170,12 +208,21 @@ local devices = {}
 if device_keys == 1 then
     devices = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[4], ARGV[2], 'WITHSCORES')
 end
-local stored = false
-local claim_key = KEYS[3 + device_keys]
-if claim_key then
-    stored = redis.call('SET', claim_key, ARGV[5], 'NX', 'GET', 'EX', ARGV[6])
+local segment_keys = 0
+local segment = false
+local version_kept = false
+if ARGV[5] ~= '' then
+    segment_keys = 2
+    segment = redis.call('HGET', KEYS[3 + device_keys], ARGV[5])
+    version_kept = redis.call('ZSCORE', KEYS[4 + device_keys], ARGV[5])
 end
-return {has_customer, has_terminal, events, labels, devices, stored}
+local stored = false
+local claim_key = KEYS[3 + device_keys + segment_keys]
+if claim_key then
+    stored = redis.call('SET', claim_key, ARGV[6], 'NX', 'GET', 'EX', ARGV[7])
+end
+return {has_customer, has_terminal, events, labels, devices, stored, segment,
+    version_kept}
 """
 
 
@@ -199,7 +246,8 @@ async def read_redis(
     before.
 
     Raises:
-        InvalidMemberError: if a customer or device member has another layout.
+        InvalidMemberError: if a customer or device member, or the segment, has
+            another layout.
     """
     keys = [
         customer_key(prefix, query.customer_id),
@@ -211,11 +259,16 @@ async def read_redis(
         device_keys = 1
     args: list[str | int | bytes] = [f"({query.start_ms}", query.end_ms]
     args += [device_keys, f"({query.device_start_ms}"]
+    version = query.segmentation_version
+    args.append(version or "")
+    if version is not None:
+        keys += [segment_key(prefix, query.customer_id), versions_key(prefix)]
     if claim is not None:
         keys.append(claim.key)
         args += [claim.marker, claim.ttl_seconds]
     reply = await script(keys=keys, args=args)
-    has_customer, has_terminal, events, labels, devices, stored = reply
+    has_customer, has_terminal, events, labels, devices, stored = reply[:6]
+    segment, version_kept = reply[6:]
 
     if not has_customer and not has_terminal:
         return RedisReply(None, stored)
@@ -223,8 +276,18 @@ async def read_redis(
         customer=decode_customer_members(events),
         terminal=_terminal_labels(labels),
         device=decode_device_members(devices),
+        segment=_segment(segment),
     )
-    return RedisReply(histories, stored)
+    return RedisReply(histories, stored, version is None or version_kept is not None)
+
+
+def _segment(value: bytes | None) -> int | None:
+    try:
+        return decode_segment(value)
+    except ValueError:
+        raise InvalidMemberError(
+            "segment hash field is not a decimal integer"
+        ) from None
 
 
 def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
@@ -241,9 +304,10 @@ def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
 async def read_postgres(
     pool: AsyncConnectionPool, query: HistoryQuery, timeout_seconds: float
 ) -> Histories:
-    """Read the histories from PostgreSQL, every query in one pipeline."""
+    """Read the histories and the segment from PostgreSQL in one pipeline."""
     window = (query.start_ms, query.end_ms)
     device_rows = []
+    segment_row = None
     async with pool.connection(timeout=timeout_seconds) as conn:
         async with conn.pipeline():
             events = await conn.execute(
@@ -259,8 +323,14 @@ async def read_postgres(
                 )
             event_rows = await events.fetchall()
             label_rows = await labels.fetchall()
+            if query.segmentation_version is not None:
+                segments = await conn.execute(
+                    SEGMENT_PG_SQL, (query.customer_id, query.segmentation_version)
+                )
             if query.device_id is not None:
                 device_rows = await devices.fetchall()
+            if query.segmentation_version is not None:
+                segment_row = await segments.fetchone()
 
     return Histories(
         customer=[
@@ -274,7 +344,18 @@ async def read_postgres(
             DeviceEvent(int(ms), str(tx), str(customer))
             for ms, tx, customer in device_rows
         ],
+        segment=None if segment_row is None else int(segment_row[0]),
     )
+
+
+async def read_postgres_segment(
+    pool: AsyncConnectionPool, customer_id: str, version: str, timeout_seconds: float
+) -> int | None:
+    """Read a customer's segment under ``version`` from PostgreSQL, or None."""
+    async with pool.connection(timeout=timeout_seconds) as conn:
+        cursor = await conn.execute(SEGMENT_PG_SQL, (customer_id, version))
+        row = await cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 class HistoryLookup:
@@ -297,6 +378,7 @@ class HistoryLookup:
         self._metrics = metrics
         self._redis_warning = ThrottledWarning(logger)
         self._pg_warning = ThrottledWarning(logger)
+        self._segment_warning = ThrottledWarning(logger)
 
     async def fetch(
         self,
@@ -317,7 +399,12 @@ class HistoryLookup:
         redis_budget = min(self._redis_timeout, end - loop.time())
         reply = await self._try_redis(query, redis_budget, claim)
         if reply is not None and reply.histories is not None:
-            return Lookup(reply.histories, "redis", reply.stored_decision, True)
+            histories = reply.histories
+            if not reply.segment_known:
+                pg_budget = min(self._pg_timeout, end - loop.time())
+                segment = await self._try_postgres_segment(query, pg_budget)
+                histories = replace(histories, segment=segment)
+            return Lookup(histories, "redis", reply.stored_decision, True)
         stored = None if reply is None else reply.stored_decision
 
         pg_budget = min(self._pg_timeout, end - loop.time())
@@ -372,6 +459,34 @@ class HistoryLookup:
             self._metrics.errors.labels(kind="postgres_unavailable").inc()
             self._pg_warning.warn(
                 "postgresql lookup failed, using default features: %s", _describe(exc)
+            )
+            return None
+
+    async def _try_postgres_segment(
+        self, query: HistoryQuery, budget: float
+    ) -> int | None:
+        assert query.segmentation_version is not None
+        self._segment_warning.warn(
+            "segmentation version %s is not kept in redis; reading segments "
+            "from postgresql, publish a newer segmentation or retrain",
+            query.segmentation_version,
+        )
+        if budget <= 0:
+            self._metrics.errors.labels(kind="deadline_exceeded").inc()
+            return None
+        try:
+            async with asyncio.timeout(budget):
+                return await read_postgres_segment(
+                    self._pg_pool,
+                    query.customer_id,
+                    query.segmentation_version,
+                    budget,
+                )
+        except PG_FAILURES as exc:
+            self._metrics.errors.labels(kind="postgres_unavailable").inc()
+            self._pg_warning.warn(
+                "postgresql segment lookup failed, using no segment: %s",
+                _describe(exc),
             )
             return None
 

@@ -31,6 +31,7 @@ LOGGED_FIELDS = (
     "feature_source",
     "degraded",
     "feature_age_ms",
+    "segment",
     "rules",
     "reasons",
     "decided_at",

@@ -156,7 +156,8 @@ class ScorerMetrics:
         self.shadow_scores = Counter(
             "fraud_score_shadow_scores_total",
             "Scores of shadow models by outcome: written, dropped because the "
-            "queue was full, or failed (inference or write).",
+            "queue was full, failed (inference or write), or skipped because the "
+            "model uses another segmentation version than the decider.",
             ["outcome"],
             registry=self.registry,
         )

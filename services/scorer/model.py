@@ -1,4 +1,4 @@
-"""ONNX model of the scorer: a float32 row in ``MODEL_INPUTS`` order to P(fraud)."""
+"""ONNX model of the scorer: a float32 row in model input order to P(fraud)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ FRAUD_CLASS_COLUMN = 1
 
 @dataclass(frozen=True)
 class ScoringModel:
-    """A loaded model version and the decision threshold registered with it."""
+    """A loaded model version, its decision threshold and its input names."""
 
     version: str
     threshold: float
     session: ort.InferenceSession
     input_name: str
     output_name: str
+    inputs: tuple[str, ...] = MODEL_INPUTS
 
     def predict(self, features: Sequence[float]) -> float:
         """Return the fraud probability of one row of features in model input order."""
@@ -41,8 +42,13 @@ class ScoringModel:
         return np.asarray(probabilities[:, FRAUD_CLASS_COLUMN], dtype=np.float64)
 
 
-def open_model(artifact: bytes, version: str, threshold: float) -> ScoringModel:
-    """Open an ONNX artifact for single-row scoring on one thread.
+def open_model(
+    artifact: bytes,
+    version: str,
+    threshold: float,
+    inputs: tuple[str, ...] = MODEL_INPUTS,
+) -> ScoringModel:
+    """Open an ONNX artifact over ``inputs`` for single-row scoring on one thread.
 
     One thread keeps the inference of a single row from competing with the event
     loop and with other workers for cores.
@@ -68,20 +74,21 @@ def open_model(artifact: bytes, version: str, threshold: float) -> ScoringModel:
         version=version,
         threshold=threshold,
         session=session,
-        input_name=_find_input(session, version),
+        input_name=_find_input(session, version, len(inputs)),
         output_name=_find_probability_output(session, version),
+        inputs=inputs,
     )
 
 
-def _find_input(session: ort.InferenceSession, version: str) -> str:
+def _find_input(session: ort.InferenceSession, version: str, width: int) -> str:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelLoadError(f"model {version!r} has {len(inputs)} inputs, expected 1")
     (single,) = inputs
-    if not _is_row_tensor(single):
+    if not _is_row_tensor(single, width):
         raise ModelLoadError(
             f"model {version!r} input {single.name!r} is {single.type} {single.shape}, "
-            f"expected tensor(float) [n, {len(MODEL_INPUTS)}]"
+            f"expected tensor(float) [n, {width}]"
         )
     return str(single.name)
 
@@ -104,12 +111,12 @@ def _find_probability_output(session: ort.InferenceSession, version: str) -> str
     )
 
 
-def _is_row_tensor(node: ort.NodeArg) -> bool:
+def _is_row_tensor(node: ort.NodeArg, expected_width: int) -> bool:
     if node.type != "tensor(float)" or len(node.shape) != 2:
         return False
     width = node.shape[1]
     # A symbolic dimension is a string or None, and only a fixed one is checked.
-    return width == len(MODEL_INPUTS) or not isinstance(width, int)
+    return width == expected_width or not isinstance(width, int)
 
 
 def _is_probability_tensor(output: ort.NodeArg) -> bool:

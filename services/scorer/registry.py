@@ -20,14 +20,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fraudcore.decisions import DECISIONS_SCHEMA
-from fraudcore.features import MODEL_INPUTS
 from fraudcore.registry import (
     REGISTRY_DECISION_COLUMNS,
     REGISTRY_LIFECYCLE,
     REGISTRY_SCHEMA,
+    REGISTRY_SEGMENTATION_COLUMN,
     SCHEMA_LOCK_ID,
     SERVED_STAGES,
 )
+from fraudcore.segments import model_inputs
 from services.scorer.errors import ModelLoadError
 from services.scorer.explain import Explainer, load_explainer
 from services.scorer.model import ScoringModel, open_model
@@ -40,7 +41,7 @@ REGISTRY_CONNECT_TIMEOUT_SECONDS = 2
 REGISTRY_QUERY_TIMEOUT_SECONDS = 10.0
 ROW_COLUMNS = (
     "version, artifact_path, artifact_sha256, feature_names, threshold, "
-    "review_threshold, rules, stage, canary_share"
+    "review_threshold, rules, stage, canary_share, segmentation_version"
 )
 
 
@@ -57,6 +58,7 @@ class RegistryRow:
     rules: Any = None
     stage: str = "production"
     canary_share: float | None = None
+    segmentation_version: str | None = None
 
     def artifact_key(self) -> tuple[Any, ...]:
         """Return the fields that the loaded model depends on.
@@ -72,6 +74,7 @@ class RegistryRow:
             self.threshold,
             self.review_threshold,
             repr(self.rules),
+            self.segmentation_version,
         )
 
 
@@ -80,13 +83,15 @@ class ServedModel:
     """A verified model version with the decision settings stored with it.
 
     ``review_threshold`` is None when the registry row has none; the runtime then
-    derives it from the block threshold.
+    derives it from the block threshold. ``segmentation_version`` is the version
+    of the model's ``CUSTOMER_SEGMENT`` input, None for a model without it.
     """
 
     model: ScoringModel
     review_threshold: float | None
     rules: tuple[Rule, ...]
     explainer: Explainer | None
+    segmentation_version: str | None = None
 
     @property
     def version(self) -> str:
@@ -189,8 +194,9 @@ async def load_model_from_row(row: RegistryRow, model_dir: Path) -> ServedModel:
     check_sha256(row, artifact)
 
     rules = parse_rules(row.rules, row.version)
+    inputs = model_inputs(row.segmentation_version)
     model = await asyncio.to_thread(
-        open_model, artifact, row.version, float(row.threshold)
+        open_model, artifact, row.version, float(row.threshold), inputs
     )
     await asyncio.to_thread(smoke_predict, model)
     explainer = await asyncio.to_thread(load_explainer, path, model)
@@ -202,7 +208,7 @@ async def load_model_from_row(row: RegistryRow, model_dir: Path) -> ServedModel:
         len(rules),
     )
     review = None if row.review_threshold is None else float(row.review_threshold)
-    return ServedModel(model, review, rules, explainer)
+    return ServedModel(model, review, rules, explainer, row.segmentation_version)
 
 
 async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:
@@ -226,7 +232,7 @@ def smoke_predict(model: ScoringModel) -> None:
     before it decides a request.
     """
     try:
-        probability = model.predict([0.0] * len(MODEL_INPUTS))
+        probability = model.predict([0.0] * len(model.inputs))
     except Exception as exc:  # onnxruntime raises its own unexported exception types
         raise ModelLoadError(
             f"smoke prediction of model {model.version!r} failed: {exc}"
@@ -245,6 +251,7 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute(REGISTRY_SCHEMA)
         await conn.execute(REGISTRY_DECISION_COLUMNS)
         await conn.execute(REGISTRY_LIFECYCLE)
+        await conn.execute(REGISTRY_SEGMENTATION_COLUMN)
         await conn.execute(DECISIONS_SCHEMA)
 
 
@@ -257,12 +264,18 @@ def resolve_artifact_path(artifact_path: str, model_dir: Path) -> Path:
 
 
 def check_feature_names(row: RegistryRow) -> None:
-    """Raise ModelLoadError unless the row's feature names equal ``MODEL_INPUTS``."""
+    """Raise ModelLoadError unless the row's feature names are the model inputs.
+
+    They must be ``MODEL_INPUTS``, followed by ``CUSTOMER_SEGMENT`` when the row
+    has a segmentation version.
+    """
     names = row.feature_names
-    if not isinstance(names, list) or tuple(names) != MODEL_INPUTS:
+    expected = model_inputs(row.segmentation_version)
+    if not isinstance(names, list) or tuple(names) != expected:
         raise ModelLoadError(
             f"model {row.version!r} was trained on features {names!r}, "
-            f"expected {list(MODEL_INPUTS)!r}"
+            f"expected {list(expected)!r} for segmentation version "
+            f"{row.segmentation_version!r}"
         )
 
 

@@ -59,6 +59,13 @@ class ScoreOut(BaseModel):
             "histories used; null when they contain no event."
         )
     )
+    segment: int | None = Field(
+        default=None,
+        description=(
+            "Customer segment the model took as its CUSTOMER_SEGMENT input, -1 "
+            "for a customer without one; null when the model has no such input."
+        ),
+    )
     rules: list[str] = Field(description="Names of the guardrail rules that hit.")
     reasons: list[Reason] = Field(
         description=(

@@ -12,6 +12,7 @@ import orjson
 
 from fraudcore.features import order_key, transaction_features
 from fraudcore.schema import TransactionRecord
+from fraudcore.segments import CUSTOMER_SEGMENT, NO_SEGMENT
 from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
 from services.scorer.errors import IdempotencyConflict
 from services.scorer.feature_store import (
@@ -186,13 +187,18 @@ async def score_transaction(
         IdempotencyConflict: if the transaction id was scored with another body.
     """
     decider, shadows = runtime.serving().route(record.customer_id)
+    shadows = runtime.shadow.compatible(decider, shadows)
     budget = runtime.settings.request_deadline_ms / 1000
     digest = request_digest(record)
     started = time.perf_counter()
 
     lookup = await runtime.histories.fetch(
         HistoryQuery.for_transaction(
-            record.customer_id, record.terminal_id, record.event_ms, record.device_id
+            record.customer_id,
+            record.terminal_id,
+            record.event_ms,
+            record.device_id,
+            decider.served.segmentation_version,
         ),
         deadline=arrived + budget * FEATURE_BUDGET_SHARE,
         claim=runtime.decisions.claim_request(record.transaction_id, digest),
@@ -266,10 +272,15 @@ def decide(
         device_id=record.device_id,
         device_history=histories.device,
     )
+    segment = None
+    if served.segmentation_version is not None:
+        segment = NO_SEGMENT if histories.segment is None else histories.segment
+        features[CUSTOMER_SEGMENT] = float(segment)
     degraded = lookup.source == "default"
     verdict = judge(runtime, served, decider.policy, features, degraded)
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
+    response["segment"] = segment
     shadow_versions = tuple(model.version for model in shadows)
     response["shadow_versions"] = list(shadow_versions)
     response["feature_age_ms"] = feature_age_ms(
@@ -302,8 +313,8 @@ def build_response(
 ) -> dict[str, Any]:
     """Build the response fields in the order of :class:`ScoreOut`.
 
-    ``feature_age_ms`` is left None and ``shadow_versions`` empty for the caller
-    to fill in.
+    ``feature_age_ms`` and ``segment`` are left None and ``shadow_versions``
+    empty for the caller to fill in.
     """
     response: dict[str, Any] = {
         "transaction_id": record.transaction_id,
@@ -314,6 +325,7 @@ def build_response(
         "feature_source": source,
         "degraded": source == "default",
         "feature_age_ms": None,
+        "segment": None,
         "rules": verdict.rules,
         "reasons": verdict.reasons,
         "decided_at": format_timestamp_ms(decided_ms),

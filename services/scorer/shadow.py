@@ -7,6 +7,10 @@ background task takes the queued requests in batches, scores each batch with
 every shadow model in one ONNX call on a worker thread, so the event loop keeps
 serving while the models run, and writes the scores to ``shadow_scores``.
 
+A shadow model gets the decider's feature vector, cut to its own inputs. A
+shadow trained with customer segments of another segmentation version than
+the decider's would need a lookup of its own, so it is skipped and counted.
+
 Shadow scores are best effort: a batch that fails to score or to be written is
 counted and dropped, not retried, and what is queued at shutdown is lost.
 """
@@ -62,6 +66,33 @@ class ShadowScorer:
         self._warning = ThrottledWarning(logger)
         # One thread, so shadow inference uses at most one core beside the loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+
+    def compatible(
+        self, decider: Deployed, models: tuple[Deployed, ...]
+    ) -> tuple[Deployed, ...]:
+        """Return the shadow models that can score the decider's features.
+
+        Those are the models without segment input and those whose segments
+        come from the decider's segmentation version. The others are counted
+        as skipped.
+        """
+        version = decider.served.segmentation_version
+        usable = tuple(
+            model
+            for model in models
+            if model.served.segmentation_version in (None, version)
+        )
+        if len(usable) < len(models):
+            skipped = [model.version for model in models if model not in usable]
+            self._metrics.shadow_scores.labels(outcome="skipped").inc(len(skipped))
+            self._warning.warn(
+                "shadow models %s use another segmentation version than the "
+                "deciding model %s (%s); skipped",
+                skipped,
+                decider.version,
+                version,
+            )
+        return usable
 
     def submit(
         self, transaction_id: str, features: list[float], models: tuple[Deployed, ...]
@@ -142,7 +173,12 @@ def group_by_model(
 def score_rows(model: Deployed, requests: Sequence[ShadowRequest]) -> np.ndarray:
     """Score the requests' features with one model in a single call."""
     started = time.perf_counter()
-    rows = np.asarray([request.features for request in requests], dtype=np.float32)
+    # The segment input, when there is one, is last, so a shorter prefix serves
+    # a model without it.
+    width = len(model.served.model.inputs)
+    rows = np.asarray(
+        [request.features[:width] for request in requests], dtype=np.float32
+    )
     scores = model.served.model.predict_rows(rows)
     logger.debug(
         "shadow model %s scored %d rows in %.1f ms",

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fraudcore.features import LABEL_DELAY_DAYS, MODEL_INPUTS, WINDOW_DAYS
 from fraudcore.timeutil import MS_PER_DAY
+from training.segmentation.publish import (
+    segment_rows,
+    segmentation_version,
+    write_offline_segments,
+)
 
 
 def epoch_ms(day: date, hour: int = 12) -> int:
@@ -78,3 +84,61 @@ def prequential_rows(
                 }
             )
     return rows
+
+
+def segment_of_customer(customer: int) -> int:
+    """Return the segment that :func:`segmented_rows` gives a customer number."""
+    return customer % 3
+
+
+def segmented_rows(
+    first_day: date, days: int, per_day: int = 60, customers: int = 300, seed: int = 3
+) -> list[dict[str, object]]:
+    """Build transactions whose fraud depends on the customer's segment.
+
+    Fraud is any amount above 285, plus 15% of the transactions of segment-2
+    customers (:func:`segment_of_customer`), which no other input reveals. Ids of
+    customers are their numbers in decimal text.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        for index in range(per_day):
+            customer = int(rng.integers(0, customers))
+            amount = float(rng.uniform(0, 300))
+            risky = segment_of_customer(customer) == 2 and rng.random() < 0.15
+            rows.append(
+                {
+                    "transaction_id": f"{offset}-{index}",
+                    "customer_id": str(customer),
+                    "terminal_id": str(rng.integers(0, 50)),
+                    "event_ms": epoch_ms(day) + index * 60_000,
+                    "fraud": int(amount > 285 or risky),
+                    "TX_AMOUNT": amount,
+                }
+            )
+    return rows
+
+
+def segment_version_rows(
+    segments: dict[str, int], created_at: datetime
+) -> pd.DataFrame:
+    """Build one new segmentation version's rows from customer ids to segments."""
+    ids = pd.Series(list(segments), dtype="string")
+    version = segmentation_version(
+        pd.DataFrame({"customer_id": ids}), {"segments": segments}, created_at
+    )
+    return segment_rows(ids, list(segments.values()), version, created_at)
+
+
+def publish_offline_segments(
+    offline_store: Path,
+    segments: dict[str, int],
+    created_at: datetime,
+    profiles_end: date | None,
+) -> str:
+    """Write a new segmentation version to the offline store; return the version."""
+    rows = segment_version_rows(segments, created_at)
+    write_offline_segments(offline_store, rows, profiles_end)
+    return str(rows["segmentation_version"].iloc[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import psycopg
 import pytest
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.segments import SEGMENTED_MODEL_INPUTS
 from fraudcore.settings import PlatformSettings
+from tests.training.factories import publish_offline_segments
 from training import model as classifier
 from training import prequential, report
 from training.dataset import FEATURES_DIR
@@ -236,3 +239,41 @@ def test_run_registers_final_model(
     assert record.threshold == pytest.approx(metrics["block_threshold"])
     assert record.artifact_sha256 == file_sha256(Path(record.artifact_path))
     assert record.metrics["test_summary"] == metrics["test_summary"]
+
+
+def test_run_with_segments_uses_them_everywhere(
+    prequential_store: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "offline"
+    shutil.copytree(prequential_store, store)
+    first_day = VALIDATION_FOLDS[0].window.train_start
+    created = datetime(2018, 6, 19, tzinfo=UTC)
+    segments = {str(customer): customer % 4 for customer in range(3000)}
+    version = publish_offline_segments(store, segments, created, first_day)
+
+    code = _main(store, tmp_path, "--no-register", "--segmentation-version", "latest")
+
+    assert code == prequential.EXIT_OK
+    folder = _report_folder(tmp_path)
+    metrics = json.loads((folder / report.METRICS_FILE).read_text())
+    assert metrics["segmentation_version"] == version
+    assert metrics["feature_names"] == list(SEGMENTED_MODEL_INPUTS)
+    assert metrics["hyperparameters"]["inputs"] == list(SEGMENTED_MODEL_INPUTS)
+    assert metrics["verified"] is True
+    assert (folder / report.IMPORTANCE_FIGURE).is_file()
+
+
+def test_run_with_lookahead_segments_is_bad_input(
+    prequential_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = tmp_path / "offline"
+    shutil.copytree(prequential_store, store)
+    # The profiles reach the first validation fold's training week.
+    profiles_end = VALIDATION_FOLDS[0].window.train_start + timedelta(days=1)
+    created = datetime(2018, 6, 21, tzinfo=UTC)
+    publish_offline_segments(store, {"0": 1}, created, profiles_end)
+
+    code = _main(store, tmp_path, "--no-register", "--segmentation-version", "latest")
+
+    assert code == prequential.EXIT_BAD_INPUT
+    assert "looks ahead" in caplog.text

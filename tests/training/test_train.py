@@ -159,7 +159,7 @@ def test_main_parity_failure_exits_1(
     y = (x[:, 0] > 150).astype(np.int64)
     other = train.classifier.fit_classifier(x, y, train.classifier.ModelConfig(5))
 
-    def export_other_model(model: object) -> onnx.ModelProto:
+    def export_other_model(model: object, inputs: object) -> onnx.ModelProto:
         return exported(other)
 
     monkeypatch.setattr(train.classifier, "to_onnx", export_other_model)

@@ -226,7 +226,11 @@ def _publish(
     assert id_column is not None
     rows = publish.segment_rows(frame[id_column], analysis.labels, version, created_at)
     result: dict[str, Any] = {"published": False, "rows": len(rows)}
-    result["offline"] = str(publish.write_offline_segments(options.offline_store, rows))
+    # Only profiles have a cut-off: CSV rows carry no time.
+    profiles_end = options.end if options.csv is None else None
+    result["offline"] = str(
+        publish.write_offline_segments(options.offline_store, rows, profiles_end)
+    )
     if options.offline_only:
         result["published"] = True
         return result

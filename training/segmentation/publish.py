@@ -8,7 +8,9 @@ re-running on the same input gives a new version with the same hash part.
 Where each version goes (layout in :mod:`fraudcore.segments`):
 
 * ``<offline_store>/segments/version=<v>/part.parquet``, read by
-  :func:`load_segments` for training;
+  :func:`load_segments` for training. The file's schema metadata key
+  ``profiles_end`` contains the day at which the profiles behind the segments
+  stopped (ISO date, not included), when the run had such a cut-off;
 * PostgreSQL table ``customer_segments``;
 * Redis hashes ``<prefix>:segment:<customer_id>``, read by the scorer with
   :func:`fraudcore.segments.segment_of` or its async variant.
@@ -22,7 +24,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ SEGMENTS_DIR = "segments"
 PART_FILE = "part.parquet"
 SEGMENT_COLUMNS = ("customer_id", "segmentation_version", "segment", "created_at")
 REDIS_BATCH_SIZE = 1000
+PROFILES_END_KEY = b"profiles_end"
 
 _VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{12}$")
 
@@ -123,7 +126,9 @@ def segment_rows(
     ).astype({"created_at": "datetime64[ms, UTC]"})
 
 
-def write_offline_segments(offline_store: Path, rows: pd.DataFrame) -> Path:
+def write_offline_segments(
+    offline_store: Path, rows: pd.DataFrame, profiles_end: date | None = None
+) -> Path:
     """Write one version's rows to ``segments/version=<v>/part.parquet``.
 
     The file is written under a temporary name and then renamed, so readers
@@ -134,6 +139,9 @@ def write_offline_segments(offline_store: Path, rows: pd.DataFrame) -> Path:
     offline_store : Path
     rows : pandas.DataFrame of shape (n_customers, 4)
         As :func:`segment_rows` returns them, all of one version.
+    profiles_end : datetime.date or None
+        UTC day at which the transactions behind the segments stop (not
+        included), stored in the schema metadata; None stores no cut-off.
 
     Returns
     -------
@@ -144,6 +152,10 @@ def write_offline_segments(offline_store: Path, rows: pd.DataFrame) -> Path:
     folder = Path(offline_store) / SEGMENTS_DIR / f"version={version}"
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(rows[list(SEGMENT_COLUMNS)], preserve_index=False)
+    if profiles_end is not None:
+        metadata = dict(table.schema.metadata or {})
+        metadata[PROFILES_END_KEY] = profiles_end.isoformat().encode()
+        table = table.replace_schema_metadata(metadata)
     temporary = folder / f".{PART_FILE}.tmp"
     pq.write_table(table, temporary)
     target = folder / PART_FILE
@@ -201,7 +213,7 @@ def load_segments(offline_store: Path, version: str | None = None) -> pd.DataFra
                 f"{SEGMENTS_DIR}/version=<v>/{PART_FILE}, run the segmentation job."
             )
         version = available[-1]
-    path = Path(offline_store) / SEGMENTS_DIR / f"version={version}" / PART_FILE
+    path = _part_path(offline_store, version)
     if not path.is_file():
         raise InputDataError(
             f"segmentation version {version!r} is not in {offline_store}; "
@@ -209,6 +221,31 @@ def load_segments(offline_store: Path, version: str | None = None) -> pd.DataFra
         )
     frame = pq.read_table(path).to_pandas()
     return frame.astype({"customer_id": str, "segmentation_version": str})
+
+
+def read_profiles_end(offline_store: Path, version: str) -> date | None:
+    """Read the profile cut-off stored with a version in the offline store.
+
+    Returns
+    -------
+    datetime.date or None
+        The UTC day at which the profiles stopped, not included; None when the
+        version was published without a cut-off.
+
+    Raises
+    ------
+    InputDataError
+        If the version is not in the offline store.
+    """
+    path = _part_path(offline_store, version)
+    if not path.is_file():
+        raise InputDataError(
+            f"segmentation version {version!r} is not in {offline_store}; "
+            f"expected one of {offline_versions(offline_store)}."
+        )
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(PROFILES_END_KEY)
+    return None if value is None else date.fromisoformat(value.decode())
 
 
 def write_postgres_segments(conn: psycopg.Connection[Any], rows: pd.DataFrame) -> int:
@@ -263,6 +300,10 @@ def write_redis_segments(client: redis.Redis, prefix: str, rows: pd.DataFrame) -
     log.info("wrote %d segments of version %s to Redis", len(rows), version)
     _trim_redis_versions(client, prefix)
     return len(rows)
+
+
+def _part_path(offline_store: Path, version: str) -> Path:
+    return Path(offline_store) / SEGMENTS_DIR / f"version={version}" / PART_FILE
 
 
 def _records(rows: pd.DataFrame) -> Iterator[tuple[str, str, int, datetime]]:

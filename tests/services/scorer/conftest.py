@@ -39,7 +39,9 @@ from fraudcore.registry import (
     REGISTRY_DECISION_COLUMNS,
     REGISTRY_LIFECYCLE,
     REGISTRY_SCHEMA,
+    REGISTRY_SEGMENTATION_COLUMN,
 )
+from fraudcore.segments import SEGMENTS_PG_SCHEMA
 from fraudcore.store import (
     PG_SCHEMA,
     customer_key,
@@ -136,6 +138,9 @@ def offline_settings(tmp_path: Path) -> ScorerSettings:
         kafka_bootstrap=f"127.0.0.1:{closed_port()}",
         flush_timeout_seconds=0.0,
         require_api_key=False,
+        # Refused connections fail at once, and a loaded machine would otherwise
+        # turn them into deadline errors.
+        request_deadline_ms=2000.0,
         model_dir=tmp_path,
         model_retry_seconds=60.0,
         log_hash_key=SecretStr("test-key"),
@@ -235,7 +240,9 @@ def store_dsn(pg_dsn: str) -> str:
         conn.execute(REGISTRY_SCHEMA)
         conn.execute(REGISTRY_DECISION_COLUMNS)
         conn.execute(REGISTRY_LIFECYCLE)
+        conn.execute(REGISTRY_SEGMENTATION_COLUMN)
         conn.execute(DECISIONS_SCHEMA)
+        conn.execute(SEGMENTS_PG_SCHEMA)
     return pg_dsn
 
 
@@ -263,6 +270,7 @@ def register_model(
     lightgbm_text: str | None = None,
     review_threshold: float | None = None,
     rules: list[dict[str, object]] | None = None,
+    segmentation_version: str | None = None,
 ) -> RegisteredModel:
     """Write ``artifact`` to ``model_dir`` and insert its registry row.
 
@@ -281,8 +289,9 @@ def register_model(
         conn.execute(
             "INSERT INTO model_registry (version, created_at, artifact_path, "
             "artifact_sha256, feature_names, metrics, threshold, stage, "
-            "review_threshold, rules, canary_share) "
-            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "review_threshold, rules, canary_share, segmentation_version) "
+            "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s)",
             (
                 version,
                 created_offset,
@@ -297,6 +306,7 @@ def register_model(
                 review_threshold,
                 None if rules is None else Jsonb(rules),
                 canary_share,
+                segmentation_version,
             ),
         )
     return RegisteredModel(version, model_dir, artifact)
@@ -402,6 +412,10 @@ def stores(redis_url: str, store_dsn: str) -> Iterator[SeededStores]:
         )
         conn.execute(
             "DELETE FROM device_events WHERE device_id = %s", (seeded.device_id,)
+        )
+        conn.execute(
+            "DELETE FROM customer_segments WHERE customer_id = %s",
+            (seeded.customer_id,),
         )
         conn.execute(
             "DELETE FROM scored_transactions WHERE customer_id = %s",

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.segments import SEGMENTED_MODEL_INPUTS
 from services.scorer.errors import ModelLoadError
 from services.scorer.model import open_model
 from tests.services.scorer.conftest import train_onnx_model
@@ -53,6 +54,18 @@ def test_wrong_input_width_rejected() -> None:
 
     with pytest.raises(ModelLoadError, match=r"expected tensor\(float\) \[n, 20\]"):
         open_model(artifact, "narrow", 0.5)
+
+
+def test_width_follows_model_inputs(onnx_artifact: bytes) -> None:
+    segmented = train_onnx_model(width=len(SEGMENTED_MODEL_INPUTS))
+
+    model = open_model(segmented, "segmented", 0.5, SEGMENTED_MODEL_INPUTS)
+
+    assert model.inputs == SEGMENTED_MODEL_INPUTS
+    with pytest.raises(ModelLoadError, match=r"expected tensor\(float\) \[n, 21\]"):
+        open_model(onnx_artifact, "unsegmented", 0.5, SEGMENTED_MODEL_INPUTS)
+    with pytest.raises(ModelLoadError, match=r"expected tensor\(float\) \[n, 20\]"):
+        open_model(segmented, "segmented", 0.5)
 
 
 def test_garbage_artifact_rejected() -> None:

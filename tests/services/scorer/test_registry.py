@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.segments import CUSTOMER_SEGMENT, SEGMENTED_MODEL_INPUTS
 from services.scorer.errors import ModelLoadError
 from services.scorer.registry import (
     RegistryRow,
@@ -41,6 +42,24 @@ def test_feature_names_must_match_model_inputs() -> None:
         check_feature_names(make_row(feature_names=list(MODEL_INPUTS)[:-1]))
     with pytest.raises(ModelLoadError, match="was trained on features"):
         check_feature_names(make_row(feature_names={"names": list(MODEL_INPUTS)}))
+
+
+def test_feature_names_with_segment_need_version() -> None:
+    segmented = list(SEGMENTED_MODEL_INPUTS)
+    version = "20240101T000000.000Z-00000000000a"
+    check_feature_names(make_row(feature_names=segmented, segmentation_version=version))
+
+    with pytest.raises(ModelLoadError, match="for segmentation version None"):
+        check_feature_names(make_row(feature_names=segmented))
+    with pytest.raises(ModelLoadError, match="was trained on features"):
+        check_feature_names(make_row(segmentation_version=version))
+    with pytest.raises(ModelLoadError, match="was trained on features"):
+        check_feature_names(
+            make_row(
+                feature_names=[CUSTOMER_SEGMENT, *MODEL_INPUTS],
+                segmentation_version=version,
+            )
+        )
 
 
 def test_sha256_must_match_artifact() -> None:

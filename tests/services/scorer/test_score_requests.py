@@ -34,6 +34,7 @@ RESPONSE_FIELDS = {
     "feature_source",
     "degraded",
     "feature_age_ms",
+    "segment",
     "rules",
     "reasons",
     "decided_at",
@@ -127,6 +128,7 @@ def test_score_returns_contract_fields(offline_scorer: ServedScorer) -> None:
     assert payload["model_version"] == "test-model"
     assert payload["degraded"] is True
     assert payload["feature_age_ms"] is None
+    assert payload["segment"] is None
 
 
 def test_score_accepts_user_and_merchant_aliases(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from training.segmentation.plots import (
     PCA_FILE,
     SIZES_FILE,
 )
+from training.segmentation.publish import read_profiles_end
 
 FAST_ARGS = ["--k-max", "4"]
 # Tests that are not about the sweep itself skip the slower Gaussian mixture.
@@ -295,6 +297,24 @@ def test_profiles_mode_end_day_leaves_later_rows_out(tmp_path: Path) -> None:
     assert report["source"]["end_exclusive"] == "2018-07-29"
     assert report["publication"]["published"] is False
     assert not (store / "segments").exists()
+
+
+def test_profiles_mode_records_end_day(tmp_path: Path) -> None:
+    store = tmp_path / "offline"
+    write_offline_store(*store_frames(offline_rows(days=7)), store)
+
+    code, report = _run(
+        tmp_path, "--offline-store", str(store), "--end", "2018-07-29", "--offline-only"
+    )
+    whole_code, whole = _run(tmp_path, "--offline-store", str(store), "--offline-only")
+
+    assert code == job.EXIT_OK
+    assert whole_code == job.EXIT_OK
+    assert report is not None
+    assert whole is not None
+    cut = read_profiles_end(store, report["segmentation_version"])
+    assert cut == date(2018, 7, 29)
+    assert read_profiles_end(store, whole["segmentation_version"]) is None
 
 
 @pytest.mark.integration

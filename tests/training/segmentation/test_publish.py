@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from training.segmentation.publish import (
     is_version,
     load_segments,
     offline_versions,
+    read_profiles_end,
     segment_rows,
     segmentation_version,
     write_offline_segments,
@@ -90,6 +91,18 @@ def test_offline_segments_round_trip(tmp_path: Path) -> None:
     assert (loaded["segmentation_version"] == version).all()
     assert (loaded["created_at"] == pd.Timestamp(CREATED)).all()
     assert list(path.parent.iterdir()) == [path]
+
+
+def test_offline_segments_keep_profiles_end(tmp_path: Path) -> None:
+    cut, uncut = _version(0), _version(60)
+    write_offline_segments(tmp_path, _rows(cut), date(2018, 8, 1))
+    write_offline_segments(tmp_path, _rows(uncut))
+
+    assert read_profiles_end(tmp_path, cut) == date(2018, 8, 1)
+    assert read_profiles_end(tmp_path, uncut) is None
+    assert load_segments(tmp_path, cut)["segment"].tolist() == [0, 1, 0]
+    with pytest.raises(InputDataError, match="is not in"):
+        read_profiles_end(tmp_path, _version(120))
 
 
 def test_load_segments_newest_by_default(tmp_path: Path) -> None:
