@@ -163,9 +163,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS model_registry_one_canary
 # Concurrent CREATE TABLE IF NOT EXISTS can fail with a unique violation in
 # PostgreSQL's catalog, so the scorer's workers and the training jobs take turns.
 SCHEMA_LOCK_ID = 7_146_352_001
+
 # Segmentation version whose customer segments the model takes as its last
 # input; NULL for a model without the segment input.
 REGISTRY_SEGMENTATION_COLUMN = """
 ALTER TABLE model_registry
     ADD COLUMN IF NOT EXISTS segmentation_version text;
 """
+
+# The statements that create the registry or bring an older one up to date, in
+# the order they must run. Every writer and reader runs all of them.
+REGISTRY_STATEMENTS = (
+    REGISTRY_SCHEMA,
+    REGISTRY_DECISION_COLUMNS,
+    REGISTRY_LIFECYCLE,
+    REGISTRY_SEGMENTATION_COLUMN,
+)

@@ -56,11 +56,7 @@ from fraudcore.features import (
     TerminalLabel,
     transaction_features,
 )
-from fraudcore.registry import (
-    REGISTRY_DECISION_COLUMNS,
-    REGISTRY_LIFECYCLE,
-    REGISTRY_SCHEMA,
-)
+from fraudcore.registry import REGISTRY_STATEMENTS
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 from fraudcore.store import (
     PG_SCHEMA,
@@ -111,14 +107,8 @@ def create_database(settings: PlatformSettings, run_id: str) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = settings.pg_dsn.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for schema in (
-            PG_SCHEMA,
-            REGISTRY_SCHEMA,
-            REGISTRY_DECISION_COLUMNS,
-            REGISTRY_LIFECYCLE,
-        ):
+        for schema in (PG_SCHEMA, *REGISTRY_STATEMENTS, DECISIONS_SCHEMA):
             conn.execute(schema)
-        conn.execute(DECISIONS_SCHEMA)
     return dsn
 
 

@@ -30,9 +30,7 @@ from fraudcore.registry import (
     CANARY_STAGE,
     CANDIDATE_STAGE,
     PRODUCTION_STAGE,
-    REGISTRY_LIFECYCLE,
-    REGISTRY_SCHEMA,
-    REGISTRY_SEGMENTATION_COLUMN,
+    REGISTRY_STATEMENTS,
     SCHEMA_LOCK_ID,
     SHADOW_STAGE,
     InvalidTransition,
@@ -146,9 +144,8 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     """Create the registry tables or migrate them to the lifecycle layout; commit."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
-        conn.execute(REGISTRY_SCHEMA)
-        conn.execute(REGISTRY_LIFECYCLE)
-        conn.execute(REGISTRY_SEGMENTATION_COLUMN)
+        for statement in REGISTRY_STATEMENTS:
+            conn.execute(statement)
     conn.commit()
 
 

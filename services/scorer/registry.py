@@ -21,10 +21,7 @@ from psycopg.rows import dict_row
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.registry import (
-    REGISTRY_DECISION_COLUMNS,
-    REGISTRY_LIFECYCLE,
-    REGISTRY_SCHEMA,
-    REGISTRY_SEGMENTATION_COLUMN,
+    REGISTRY_STATEMENTS,
     SCHEMA_LOCK_ID,
     SERVED_STAGES,
 )
@@ -248,10 +245,8 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
     """Create the registry and decision tables and columns that do not exist yet."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
-        await conn.execute(REGISTRY_SCHEMA)
-        await conn.execute(REGISTRY_DECISION_COLUMNS)
-        await conn.execute(REGISTRY_LIFECYCLE)
-        await conn.execute(REGISTRY_SEGMENTATION_COLUMN)
+        for statement in REGISTRY_STATEMENTS:
+            await conn.execute(statement)
         await conn.execute(DECISIONS_SCHEMA)
 
 

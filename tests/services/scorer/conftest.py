@@ -36,10 +36,7 @@ from pydantic import SecretStr
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS, CustomerEvent, DeviceEvent, TerminalLabel
 from fraudcore.registry import (
-    REGISTRY_DECISION_COLUMNS,
-    REGISTRY_LIFECYCLE,
-    REGISTRY_SCHEMA,
-    REGISTRY_SEGMENTATION_COLUMN,
+    REGISTRY_STATEMENTS,
 )
 from fraudcore.segments import SEGMENTS_PG_SCHEMA
 from fraudcore.store import (
@@ -236,12 +233,8 @@ def offline_scorer(
 def store_dsn(pg_dsn: str) -> str:
     """The session database, with the online-store and registry tables created."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(PG_SCHEMA)
-        conn.execute(REGISTRY_SCHEMA)
-        conn.execute(REGISTRY_DECISION_COLUMNS)
-        conn.execute(REGISTRY_LIFECYCLE)
-        conn.execute(REGISTRY_SEGMENTATION_COLUMN)
-        conn.execute(DECISIONS_SCHEMA)
+        for schema in (PG_SCHEMA, *REGISTRY_STATEMENTS, DECISIONS_SCHEMA):
+            conn.execute(schema)
         conn.execute(SEGMENTS_PG_SCHEMA)
     return pg_dsn
 

@@ -20,9 +20,7 @@ import pytest
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.registry import (
-    REGISTRY_DECISION_COLUMNS,
-    REGISTRY_LIFECYCLE,
-    REGISTRY_SCHEMA,
+    REGISTRY_STATEMENTS,
 )
 from fraudcore.settings import PlatformSettings
 from fraudcore.store import PG_SCHEMA
@@ -53,10 +51,8 @@ def rollout_dsn(base_settings: PlatformSettings) -> Iterator[str]:
     name = f"fraud_rollout_{uuid.uuid4().hex[:8]}"
     with created_database(base_settings, name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for schema in (PG_SCHEMA, REGISTRY_SCHEMA, REGISTRY_DECISION_COLUMNS):
+            for schema in (PG_SCHEMA, *REGISTRY_STATEMENTS, DECISIONS_SCHEMA):
                 conn.execute(schema)
-            conn.execute(REGISTRY_LIFECYCLE)
-            conn.execute(DECISIONS_SCHEMA)
         yield dsn
 
 
