@@ -307,6 +307,7 @@ class HeldModel:
         self._inner = inner
         self.version = version
         self.threshold = inner.threshold
+        self.inputs = inner.inputs
         self.released = threading.Event()
         self.entered = threading.Event()
 

@@ -22,6 +22,7 @@ import pytest
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import CustomerEvent, TerminalLabel
+from fraudcore.registry import PRODUCTION_STAGE
 from fraudcore.segments import (
     CUSTOMER_SEGMENT,
     NO_SEGMENT,
@@ -56,6 +57,7 @@ from training import train
 from training.evaluation import CHAPTER3_WINDOW
 from training.model import ModelConfig, fit_classifier, to_onnx
 from training.reference import write_offline_store
+from training.registry import promote
 from training.segmentation.publish import (
     load_segments,
     segment_rows,
@@ -308,6 +310,8 @@ def test_trained_segment_reaches_score(
         segmentation_version="latest",
     )
     trained = train.run(options)
+    with psycopg.connect(training_dsn) as conn:
+        promote(conn, trained.version, PRODUCTION_STAGE, by="test")
     # A later run that moves every customer to another segment.
     moved = {customer: (segment + 1) % 3 for customer, segment in segments.items()}
     later = publish_offline_segments(offline, moved, created + timedelta(1), first_day)
