@@ -165,10 +165,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS model_registry_one_canary
 SCHEMA_LOCK_ID = 7_146_352_001
 
 # Segmentation version whose customer segments the model takes as its last
-# input; NULL for a model without the segment input.
+# input, NULL for a model without the segment input, and the review and block
+# thresholds by segment id that replace the model's for those customers.
 REGISTRY_SEGMENTATION_COLUMN = """
 ALTER TABLE model_registry
-    ADD COLUMN IF NOT EXISTS segmentation_version text;
+    ADD COLUMN IF NOT EXISTS segmentation_version text,
+    ADD COLUMN IF NOT EXISTS segment_thresholds jsonb;
 """
 
 # The statements that create the registry or bring an older one up to date, in

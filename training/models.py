@@ -1,5 +1,7 @@
 """Model lifecycle CLI: list, show, promote and roll back registered versions.
 
+It also sets the review and block thresholds of customer segments.
+
 Usage::
 
     python -m training.models list
@@ -9,6 +11,8 @@ Usage::
                                       [--reason TEXT] [--margin AP]
                                       [--min-labelled N] [--min-frauds N]
     python -m training.models rollback [--by NAME] [--reason TEXT]
+    python -m training.models thresholds VERSION --segment ID
+                                      (--review P --block P | --clear)
 
 Promotion to production runs the shadow guard of :mod:`training.guard` unless
 ``--force`` is given. The scorer picks up every change within its registry poll
@@ -43,6 +47,7 @@ from training.registry import (
     list_models,
     promote,
     rollback,
+    set_segment_thresholds,
     stage_history,
 )
 
@@ -73,7 +78,7 @@ def share_percent(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the parser of the four subcommands."""
+    """Build the parser of the five subcommands."""
     parser = argparse.ArgumentParser(
         prog="python -m training.models",
         description="List, inspect, promote and roll back registered models.",
@@ -130,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: the OS user, %(default)s)",
         )  # fmt: skip
         sub.add_argument("--reason", help="note stored in the stage history")
+
+    limits = commands.add_parser(
+        "thresholds",
+        help="set or clear the review and block thresholds of one customer segment",
+    )
+    limits.add_argument("version", help="registry version trained with segments")
+    limits.add_argument("--segment", type=int, required=True, help="segment id")
+    limits.add_argument("--review", type=float, help="review threshold in [0, 1]")
+    limits.add_argument("--block", type=float, help="block threshold in [0, 1]")
+    limits.add_argument(
+        "--clear",
+        action="store_true",
+        help="remove the segment's thresholds, so the model's apply again",
+    )
     return parser
 
 
@@ -174,6 +193,8 @@ def format_record(record: ModelRecord, history: Sequence[StageChange]) -> str:
         "artifact_sha256": record.artifact_sha256,
         "threshold": record.threshold,
         "feature_names": list(record.feature_names),
+        "segmentation_version": record.segmentation_version,
+        "segment_thresholds": json.dumps(record.segment_thresholds, sort_keys=True),
     }
     lines = [f"{name}: {value}" for name, value in fields.items()]
     lines.append(f"metrics: {json.dumps(record.metrics, sort_keys=True)}")
@@ -222,15 +243,23 @@ def run(args: argparse.Namespace, conn: psycopg.Connection[Any]) -> None:
         )  # fmt: skip
         for change in changes:
             print(format_change(change))
-    else:
+    elif args.command == "rollback":
         for change in rollback(conn, by=args.by, reason=args.reason):
             print(format_change(change))
+    else:
+        pair = None if args.clear else (args.review, args.block)
+        current = set_segment_thresholds(conn, args.version, args.segment, pair)
+        text = json.dumps(current, sort_keys=True)
+        print(f"{args.version} segment thresholds: {text}")
 
 
-def check_guard_arguments(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> None:
-    """Exit with code 2 when a guard option is out of range."""
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with code 2 when a guard or threshold option is invalid."""
+    if args.command == "thresholds":
+        pair_given = args.review is not None and args.block is not None
+        if args.clear == pair_given:
+            parser.error("give either --review and --block, or --clear")
+        return
     if args.command != "promote":
         return
     if not 0.0 <= args.margin <= 1.0:
@@ -245,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_guard_arguments(parser, args)
+    check_arguments(parser, args)
     settings = PlatformSettings()
     try:
         with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:

@@ -16,7 +16,7 @@ import getpass
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ _COLUMNS = (
     "stage",
     "segmentation_version",
 )
-_LIFECYCLE_COLUMNS = ("canary_share", "promoted_by", "promoted_at")
+# Columns that registration leaves NULL, read with the others.
+_LATER_COLUMNS = ("canary_share", "promoted_by", "promoted_at", "segment_thresholds")
 # Stages a training job may register a version in. Canary and production are
 # reached through promote(), where the shadow guard runs.
 REGISTER_STAGES = (CANDIDATE_STAGE, SHADOW_STAGE)
@@ -88,6 +89,8 @@ class ModelRecord:
         promoted_at: Time of the last stage change, None before the first.
         segmentation_version: Segmentation version of the ``CUSTOMER_SEGMENT``
             input, or None for a model without it.
+        segment_thresholds: Review and block thresholds by segment id, set with
+            :func:`set_segment_thresholds`.
     """
 
     version: str
@@ -102,6 +105,7 @@ class ModelRecord:
     promoted_by: str | None = None
     promoted_at: datetime | None = None
     segmentation_version: str | None = None
+    segment_thresholds: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,57 @@ def _promote(
         _set_stage(conn, version, current, target, by, share, forced, reason)
     )
     return changes
+
+
+def set_segment_thresholds(
+    conn: psycopg.Connection[Any],
+    version: str,
+    segment: int,
+    thresholds: tuple[float, float] | None,
+) -> dict[str, dict[str, float]]:
+    """Set or clear the ``(review, block)`` thresholds of one segment, and commit.
+
+    The scorer reloads the version with its new thresholds at its next registry
+    poll. Returns the version's segment thresholds after the change.
+
+    Raises:
+        VersionNotFound: If ``version`` is not registered.
+        ValueError: If the version has no segment input, or a threshold is
+            outside [0, 1] or the review threshold is above the block threshold.
+    """
+    if thresholds is not None:
+        review, block = thresholds
+        if not (0.0 <= review <= block <= 1.0):
+            raise ValueError(
+                f"thresholds must satisfy 0 <= review <= block <= 1, got review "
+                f"{review:g} and block {block:g}"
+            )
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT segmentation_version, segment_thresholds FROM model_registry "
+            "WHERE version = %s FOR UPDATE",
+            (version,),
+        ).fetchone()
+        if row is None:
+            raise VersionNotFound(f"model version {version!r} is not registered")
+        segmentation_version, stored = row
+        if segmentation_version is None:
+            raise ValueError(
+                f"model {version!r} was trained without the customer segment, so "
+                "it has no segments to set thresholds for"
+            )
+        current: dict[str, dict[str, float]] = dict(stored or {})
+        if thresholds is None:
+            current.pop(str(segment), None)
+        else:
+            current[str(segment)] = {"review": thresholds[0], "block": thresholds[1]}
+        conn.execute(
+            "UPDATE model_registry SET segment_thresholds = %s WHERE version = %s",
+            (Jsonb(current) if current else None, version),
+        )
+    conn.commit()
+    log.info("model %s: segment thresholds now %s", version, current)
+    return current
 
 
 def rollback(
@@ -461,7 +516,7 @@ def stage_history(conn: psycopg.Connection[Any], version: str) -> list[StageChan
 def _select_records(
     conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]
 ) -> list[ModelRecord]:
-    columns = ", ".join(_COLUMNS + _LIFECYCLE_COLUMNS)
+    columns = ", ".join(_COLUMNS + _LATER_COLUMNS)
     try:
         with conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(
@@ -498,4 +553,5 @@ def _record(row: dict[str, Any]) -> ModelRecord:
         promoted_by=row["promoted_by"],
         promoted_at=row["promoted_at"],
         segmentation_version=row["segmentation_version"],
+        segment_thresholds=row["segment_thresholds"] or {},
     )

@@ -8,6 +8,11 @@ with a constant, for example::
     [{"name": "amount_cap", "feature": "TX_AMOUNT", "op": ">=", "value": 5000,
       "decision": "review"}]
 
+A model trained with customer segments may also keep thresholds per segment in
+``model_registry.segment_thresholds``, for example ``{"1": {"review": 0.2,
+"block": 0.5}}``. They replace the model's two thresholds for the customers of
+that segment. Rules and the degraded policy still apply.
+
 The final decision is the most severe of the threshold decision, the decisions
 of the rules that hit and, when the features are defaults, the degraded policy.
 """
@@ -17,13 +22,14 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fraudcore.features import MODEL_INPUTS
 from fraudcore.schema import describe_validation_error
+from fraudcore.segments import NO_SEGMENT
 from services.scorer.errors import ModelLoadError
 from services.scorer.schemas import Decision
 
@@ -83,30 +89,95 @@ def parse_rules(raw: Any, version: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+class SegmentThresholds(BaseModel):
+    """Review and block thresholds of the customers of one segment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    review: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    block: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+SEGMENT_THRESHOLDS_ADAPTER = TypeAdapter(dict[int, SegmentThresholds])
+
+
+def parse_segment_thresholds(
+    raw: Any, version: str, segmented: bool
+) -> dict[int, tuple[float, float]]:
+    """Validate the ``segment_thresholds`` column; None means none.
+
+    Returns:
+        ``(review, block)`` by segment id.
+
+    Raises:
+        ModelLoadError: if the model has no segment input, if a key is not a
+            segment id (``NO_SEGMENT`` or above), or if a review threshold is
+            above its block threshold.
+    """
+    if raw is None:
+        return {}
+    if not segmented:
+        raise ModelLoadError(
+            f"model {version!r} has segment thresholds but no segment input"
+        )
+    try:
+        parsed = SEGMENT_THRESHOLDS_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise ModelLoadError(
+            f"model {version!r} has invalid segment thresholds: "
+            f"{describe_validation_error(exc)}"
+        ) from None
+    thresholds = {}
+    for segment, pair in parsed.items():
+        if segment < NO_SEGMENT:
+            raise ModelLoadError(
+                f"model {version!r} has thresholds for segment {segment}, "
+                f"expected a segment id of at least {NO_SEGMENT}"
+            )
+        check_threshold_order(pair.review, pair.block, f"segment {segment}")
+        thresholds[segment] = (pair.review, pair.block)
+    return thresholds
+
+
+def check_threshold_order(review: float, block: float, scope: str) -> None:
+    """Raise ModelLoadError if the review threshold is above the block threshold."""
+    if review > block:
+        raise ModelLoadError(
+            f"review threshold {review} of {scope} must not exceed "
+            f"block threshold {block}"
+        )
+
+
 @dataclass(frozen=True)
 class DecisionPolicy:
-    """Thresholds and rules that turn a probability and features into a decision."""
+    """Thresholds and rules that turn a probability and features into a decision.
+
+    ``segment_thresholds`` maps a segment id to its ``(review, block)`` pair,
+    which replaces the two model thresholds for that segment's customers.
+    """
 
     review_threshold: float
     block_threshold: float
     rules: tuple[Rule, ...] = ()
+    segment_thresholds: Mapping[int, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("review_threshold", "block_threshold"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ModelLoadError(f"{name} must be in [0, 1], got {value!r}")
-        if self.review_threshold > self.block_threshold:
-            raise ModelLoadError(
-                f"review threshold {self.review_threshold} must not exceed "
-                f"block threshold {self.block_threshold}"
-            )
+        check_threshold_order(self.review_threshold, self.block_threshold, "the model")
 
-    def threshold_decision(self, probability: float) -> Decision:
-        """Return the decision of the thresholds alone."""
-        if probability >= self.block_threshold:
+    def threshold_decision(
+        self, probability: float, segment: int | None = None
+    ) -> Decision:
+        """Return the decision of the thresholds alone, those of ``segment`` if any."""
+        review, block = self.review_threshold, self.block_threshold
+        if segment is not None and segment in self.segment_thresholds:
+            review, block = self.segment_thresholds[segment]
+        if probability >= block:
             return "block"
-        if probability >= self.review_threshold:
+        if probability >= review:
             return "review"
         return "allow"
 

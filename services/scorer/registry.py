@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from fraudcore.segments import model_inputs
 from services.scorer.errors import ModelLoadError
 from services.scorer.explain import Explainer, load_explainer
 from services.scorer.model import ScoringModel, open_model
-from services.scorer.policy import Rule, parse_rules
+from services.scorer.policy import Rule, parse_rules, parse_segment_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ REGISTRY_CONNECT_TIMEOUT_SECONDS = 2
 REGISTRY_QUERY_TIMEOUT_SECONDS = 10.0
 ROW_COLUMNS = (
     "version, artifact_path, artifact_sha256, feature_names, threshold, "
-    "review_threshold, rules, stage, canary_share, segmentation_version"
+    "review_threshold, rules, stage, canary_share, segmentation_version, "
+    "segment_thresholds"
 )
 
 
@@ -56,6 +57,7 @@ class RegistryRow:
     stage: str = "production"
     canary_share: float | None = None
     segmentation_version: str | None = None
+    segment_thresholds: Any = None
 
     def artifact_key(self) -> tuple[Any, ...]:
         """Return the fields that the loaded model depends on.
@@ -72,6 +74,7 @@ class RegistryRow:
             self.review_threshold,
             repr(self.rules),
             self.segmentation_version,
+            repr(self.segment_thresholds),
         )
 
 
@@ -81,7 +84,8 @@ class ServedModel:
 
     ``review_threshold`` is None when the registry row has none; the runtime then
     derives it from the block threshold. ``segmentation_version`` is the version
-    of the model's ``CUSTOMER_SEGMENT`` input, None for a model without it.
+    of the model's ``CUSTOMER_SEGMENT`` input, None for a model without it, and
+    ``segment_thresholds`` the ``(review, block)`` pairs by segment id.
     """
 
     model: ScoringModel
@@ -89,6 +93,7 @@ class ServedModel:
     rules: tuple[Rule, ...]
     explainer: Explainer | None
     segmentation_version: str | None = None
+    segment_thresholds: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -191,6 +196,10 @@ async def load_model_from_row(row: RegistryRow, model_dir: Path) -> ServedModel:
     check_sha256(row, artifact)
 
     rules = parse_rules(row.rules, row.version)
+    segmented = row.segmentation_version is not None
+    segment_thresholds = parse_segment_thresholds(
+        row.segment_thresholds, row.version, segmented
+    )
     inputs = model_inputs(row.segmentation_version)
     model = await asyncio.to_thread(
         open_model, artifact, row.version, float(row.threshold), inputs
@@ -205,7 +214,9 @@ async def load_model_from_row(row: RegistryRow, model_dir: Path) -> ServedModel:
         len(rules),
     )
     review = None if row.review_threshold is None else float(row.review_threshold)
-    return ServedModel(model, review, rules, explainer, row.segmentation_version)
+    return ServedModel(
+        model, review, rules, explainer, row.segmentation_version, segment_thresholds
+    )
 
 
 async def _read_registry(pg_dsn: str, version: str | None) -> RegistryRow | None:

@@ -107,7 +107,8 @@ def build_policy(served: ServedModel, settings: ScorerSettings) -> DecisionPolic
 
     The block threshold is the setting, else the row's ``threshold``. The review
     threshold is the setting, else the row's ``review_threshold``, else
-    ``default_review_ratio`` times the block threshold.
+    ``default_review_ratio`` times the block threshold. The row's segment
+    thresholds apply as stored, because the settings set the model-wide pair.
     """
     block = settings.block_threshold
     if block is None:
@@ -117,7 +118,7 @@ def build_policy(served: ServedModel, settings: ScorerSettings) -> DecisionPolic
         review = served.review_threshold
     if review is None:
         review = settings.default_review_ratio * block
-    return DecisionPolicy(review, block, served.rules)
+    return DecisionPolicy(review, block, served.rules, served.segment_thresholds)
 
 
 async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runtime:

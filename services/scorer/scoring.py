@@ -92,13 +92,18 @@ def judge(
     policy: DecisionPolicy,
     features: dict[str, float],
     degraded: bool,
+    segment: int | None = None,
 ) -> Verdict:
-    """Score the features and combine thresholds, rules and the degraded policy."""
+    """Score the features and combine thresholds, rules and the degraded policy.
+
+    ``segment`` selects the thresholds of the customer's segment, when the
+    policy has some for it.
+    """
     stages = runtime.metrics.stage_duration
     started = time.perf_counter()
     probability = served.model.predict(list(features.values()))
     hits = policy.rule_hits(features)
-    candidates: list[Decision] = [policy.threshold_decision(probability)]
+    candidates: list[Decision] = [policy.threshold_decision(probability, segment)]
     candidates += [rule.decision for rule in hits]
     model_decision = most_severe(candidates)
     if degraded:
@@ -277,7 +282,7 @@ def decide(
         segment = NO_SEGMENT if histories.segment is None else histories.segment
         features[CUSTOMER_SEGMENT] = float(segment)
     degraded = lookup.source == "default"
-    verdict = judge(runtime, served, decider.policy, features, degraded)
+    verdict = judge(runtime, served, decider.policy, features, degraded, segment)
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
     response["segment"] = segment

@@ -15,6 +15,7 @@ from psycopg.conninfo import make_conninfo
 
 from fraudcore.decisions import DECISIONS_SCHEMA
 from fraudcore.features import MODEL_INPUTS
+from fraudcore.segments import SEGMENTED_MODEL_INPUTS
 from training.models import (
     EXIT_INVALID,
     EXIT_NOT_FOUND,
@@ -269,3 +270,52 @@ def test_guard_option_out_of_range(
 
     assert exited.value.code == EXIT_INVALID
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_segment_thresholds_command(
+    registry_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(registry_dsn) as conn:
+        segmented = _record(
+            "v3", feature_names=SEGMENTED_MODEL_INPUTS, segmentation_version="s1"
+        )
+        register_model(conn, segmented, by="trainer")
+    command = ["thresholds", "v3", "--segment", "2"]
+
+    assert main([*command, "--review", "0.1", "--block", "0.4"]) == EXIT_OK
+    assert (
+        main(["thresholds", "v3", "--segment", "0", "--review", "0", "--block", "0"])
+        == EXIT_OK
+    )
+    with psycopg.connect(registry_dsn) as conn:
+        stored = get_model(conn, "v3").segment_thresholds
+    assert stored == {
+        "2": {"review": 0.1, "block": 0.4},
+        "0": {"review": 0.0, "block": 0.0},
+    }
+
+    assert main([*command, "--clear"]) == EXIT_OK
+    with psycopg.connect(registry_dsn) as conn:
+        assert get_model(conn, "v3").segment_thresholds == {
+            "0": {"review": 0.0, "block": 0.0}
+        }
+    capsys.readouterr()
+
+
+@pytest.mark.integration
+def test_segment_thresholds_invalid_exit_codes(
+    registry_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = ["--review", "0.1", "--block", "0.4"]
+
+    assert main(["thresholds", "v1", "--segment", "2", *pair]) == EXIT_INVALID
+    assert "without the customer segment" in capsys.readouterr().err
+    assert main(["thresholds", "v9", "--segment", "2", *pair]) == EXIT_NOT_FOUND
+    assert "'v9' is not registered" in capsys.readouterr().err
+    inverted = ["--review", "0.5", "--block", "0.4"]
+    assert main(["thresholds", "v1", "--segment", "2", *inverted]) == EXIT_INVALID
+    assert "review <= block" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["thresholds", "v1", "--segment", "2", "--review", "0.1"])
+    assert exited.value.code == EXIT_INVALID

@@ -264,6 +264,7 @@ def register_model(
     review_threshold: float | None = None,
     rules: list[dict[str, object]] | None = None,
     segmentation_version: str | None = None,
+    segment_thresholds: dict[str, dict[str, float]] | None = None,
 ) -> RegisteredModel:
     """Write ``artifact`` to ``model_dir`` and insert its registry row.
 
@@ -282,9 +283,10 @@ def register_model(
         conn.execute(
             "INSERT INTO model_registry (version, created_at, artifact_path, "
             "artifact_sha256, feature_names, metrics, threshold, stage, "
-            "review_threshold, rules, canary_share, segmentation_version) "
+            "review_threshold, rules, canary_share, segmentation_version, "
+            "segment_thresholds) "
             "VALUES (%s, now() + %s::interval, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s)",
+            "%s, %s)",
             (
                 version,
                 created_offset,
@@ -300,6 +302,7 @@ def register_model(
                 None if rules is None else Jsonb(rules),
                 canary_share,
                 segmentation_version,
+                None if segment_thresholds is None else Jsonb(segment_thresholds),
             ),
         )
     return RegisteredModel(version, model_dir, artifact)

@@ -7,7 +7,12 @@ import pytest
 from fraudcore.features import MODEL_INPUTS
 from services.scorer.errors import ModelLoadError
 from services.scorer.model import ScoringModel
-from services.scorer.policy import DecisionPolicy, most_severe, parse_rules
+from services.scorer.policy import (
+    DecisionPolicy,
+    most_severe,
+    parse_rules,
+    parse_segment_thresholds,
+)
 from services.scorer.registry import ServedModel
 from services.scorer.runtime import build_policy
 from services.scorer.settings import ScorerSettings
@@ -117,3 +122,39 @@ def test_settings_override_both_thresholds(scoring_model: ScoringModel) -> None:
 def test_settings_reject_review_above_block() -> None:
     with pytest.raises(ValueError, match="must not exceed FRAUD_BLOCK_THRESHOLD"):
         ScorerSettings(review_threshold=0.9, block_threshold=0.1)
+
+
+def test_segment_thresholds_replace_model_pair() -> None:
+    policy = DecisionPolicy(0.3, 0.6, (), {2: (0.1, 0.2)})
+
+    assert policy.threshold_decision(0.15, 2) == "review"
+    assert policy.threshold_decision(0.25, 2) == "block"
+    assert policy.threshold_decision(0.25, 1) == "allow"
+    assert policy.threshold_decision(0.25) == "allow"
+
+
+def test_segment_thresholds_parse_by_id() -> None:
+    raw = {"2": {"review": 0.1, "block": 0.2}, "-1": {"review": 0.5, "block": 0.5}}
+
+    assert parse_segment_thresholds(raw, "v1", segmented=True) == {
+        2: (0.1, 0.2),
+        -1: (0.5, 0.5),
+    }
+    assert parse_segment_thresholds(None, "v1", segmented=False) == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "segmented", "message"),
+    [
+        ({"1": {"review": 0.1, "block": 0.2}}, False, "no segment input"),
+        ({"1": {"review": 0.3, "block": 0.2}}, True, "must not exceed"),
+        ({"x": {"review": 0.1, "block": 0.2}}, True, "invalid segment thresholds"),
+        ({"-2": {"review": 0.1, "block": 0.2}}, True, "at least -1"),
+        ({"1": {"review": 0.1, "block": 1.5}}, True, "invalid segment thresholds"),
+        ({"1": {"review": 0.1}}, True, "invalid segment thresholds"),
+        ({"1": {"review": 0.1, "block": 0.2, "x": 1}}, True, "invalid segment"),
+    ],
+)
+def test_segment_thresholds_invalid(raw, segmented: bool, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        parse_segment_thresholds(raw, "v1", segmented)

@@ -98,6 +98,30 @@ def segment_model() -> SegmentModel:
     return SegmentModel(exported, model.booster_.model_to_string())
 
 
+def serve_segment_model(
+    live_settings: ScorerSettings,
+    store_dsn: str,
+    model_dir: Path,
+    segment_model: SegmentModel,
+    registered_versions: list[str],
+    segment_thresholds: dict[str, dict[str, float]] | None = None,
+) -> ScorerSettings:
+    """Register the segment model of SERVED_VERSION and return settings serving it."""
+    model = register_model(
+        store_dsn,
+        model_dir,
+        segment_model.onnx,
+        feature_names=list(SEGMENTED_MODEL_INPUTS),
+        lightgbm_text=segment_model.lightgbm_text,
+        segmentation_version=SERVED_VERSION,
+        segment_thresholds=segment_thresholds,
+    )
+    registered_versions.append(model.version)
+    return live_settings.model_copy(
+        update={"model_dir": model.model_dir, "model_version": model.version}
+    )
+
+
 @pytest.fixture
 def segmented_settings(
     live_settings: ScorerSettings,
@@ -107,17 +131,8 @@ def segmented_settings(
     registered_versions: list[str],
 ) -> ScorerSettings:
     """Settings of ``live_settings`` serving the segment model of SERVED_VERSION."""
-    model = register_model(
-        store_dsn,
-        tmp_path,
-        segment_model.onnx,
-        feature_names=list(SEGMENTED_MODEL_INPUTS),
-        lightgbm_text=segment_model.lightgbm_text,
-        segmentation_version=SERVED_VERSION,
-    )
-    registered_versions.append(model.version)
-    return live_settings.model_copy(
-        update={"model_dir": model.model_dir, "model_version": model.version}
+    return serve_segment_model(
+        live_settings, store_dsn, tmp_path, segment_model, registered_versions
     )
 
 
@@ -349,3 +364,30 @@ def test_trained_segment_reaches_score(
     moved_row = [*list(from_redis["features"].values())[:-1], 0.0]
     assert moved[stores.customer_id] == 0
     assert model.predict(moved_row) < from_redis["probability"]
+
+
+@pytest.mark.integration
+def test_segment_thresholds_decide_for_segment(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    live_settings: ScorerSettings,
+    store_dsn: str,
+    tmp_path: Path,
+    segment_model: SegmentModel,
+    registered_versions: list[str],
+    stores: SeededStores,
+    history: History,
+) -> None:
+    # The model calls segment 0 safe, and its own thresholds block everything.
+    thresholds = {"0": {"review": 0.0, "block": 0.0}}
+    settings = serve_segment_model(
+        live_settings, store_dsn, tmp_path, segment_model, registered_versions,
+        thresholds,
+    )  # fmt: skip
+    publish(stores, SERVED_VERSION, {stores.customer_id: 0})
+    served = run_scorer(settings)
+
+    decided = served.decision(request_body(stores))
+
+    assert decided["segment"] == 0
+    assert decided["probability"] < TEST_THRESHOLD
+    assert decided["decision"] == "block"
