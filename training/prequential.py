@@ -63,13 +63,14 @@ from training.dataset import load_features, load_labels
 from training.errors import DataContractError, InputDataError, VerificationError
 from training.evaluation import SCORE_COLUMN, daily_card_precision_at_k, evaluate_scores
 from training.folds import TEST_FOLDS, VALIDATION_FOLDS, FoldData, build_fold, view_at
-from training.registry import REGISTER_STAGES, ModelRecord, file_sha256
+from training.registry import ModelRecord, file_sha256
 from training.segment_feature import join_segment_version
 from training.train import (
     CARDS_PER_DAY,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    add_registration_arguments,
     add_segmentation_argument,
     model_version,
     register,
@@ -383,17 +384,7 @@ def parse_args(
         default=classifier.ModelConfig().num_threads,
         help="number of LightGBM threads (default: %(default)s)",
     )
-    parser.add_argument(
-        "--no-register",
-        action="store_true",
-        help="write the model and the report but not the registry row",
-    )
-    parser.add_argument(
-        "--stage",
-        choices=REGISTER_STAGES,
-        default=CANDIDATE_STAGE,
-        help="stage of the registered version (default: %(default)s)",
-    )
+    add_registration_arguments(parser)
     add_segmentation_argument(parser)
     return parser.parse_args(argv)
 

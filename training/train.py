@@ -378,6 +378,13 @@ def parse_args(
         default=classifier.ModelConfig().num_threads,
         help="number of LightGBM threads (default: %(default)s)",
     )
+    add_registration_arguments(parser)
+    add_segmentation_argument(parser)
+    return parser.parse_args(argv)
+
+
+def add_registration_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--no-register`` and ``--stage`` to a training job's command line."""
     parser.add_argument(
         "--no-register",
         action="store_true",
@@ -389,8 +396,6 @@ def parse_args(
         default=CANDIDATE_STAGE,
         help="stage of the registered version (default: %(default)s)",
     )
-    add_segmentation_argument(parser)
-    return parser.parse_args(argv)
 
 
 def add_segmentation_argument(parser: argparse.ArgumentParser) -> None:
