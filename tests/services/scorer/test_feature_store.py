@@ -11,6 +11,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,15 @@ def forget_redis(stores: SeededStores, timeout_seconds: float = 10.0) -> None:
     stores.flush_redis()
 
 
+def redis_then_postgres(
+    served: ServedScorer, stores: SeededStores, device: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score the test's transaction with Redis, then again once Redis is empty."""
+    from_redis = served.decision(request_body(stores, device))
+    forget_redis(stores)
+    return from_redis, served.decision(request_body(stores, device))
+
+
 def request_body(stores: SeededStores, device: bool = False) -> dict[str, object]:
     body: dict[str, object] = {
         "transaction_id": transaction_id(stores),
@@ -219,9 +229,7 @@ def test_redis_and_postgres_paths_match_offline(
     served = run_scorer(live_settings)
     expected = offline_features(stores, events, labels)
 
-    from_redis = served.decision(request_body(stores))
-    forget_redis(stores)
-    from_postgres = served.decision(request_body(stores))
+    from_redis, from_postgres = redis_then_postgres(served, stores)
 
     assert from_redis["feature_source"] == "redis"
     assert from_postgres["feature_source"] == "postgres"
@@ -249,9 +257,7 @@ def test_device_paths_match_offline(
     served = run_scorer(live_settings)
     expected = offline_features(stores, events, labels, devices)
 
-    from_redis = served.decision(request_body(stores, device=True))
-    forget_redis(stores)
-    from_postgres = served.decision(request_body(stores, device=True))
+    from_redis, from_postgres = redis_then_postgres(served, stores, device=True)
 
     assert from_redis["feature_source"] == "redis"
     assert from_postgres["feature_source"] == "postgres"

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,9 +41,9 @@ from tests.services.scorer.conftest import (
     register_model,
 )
 from tests.services.scorer.test_feature_store import (
-    forget_redis,
     make_history,
     offline_features,
+    redis_then_postgres,
     request_body,
 )
 from tests.training.factories import (
@@ -160,15 +159,6 @@ def history(stores: SeededStores) -> History:
     stores.seed_redis(events, labels)
     stores.seed_postgres(events, labels)
     return events, labels
-
-
-def redis_then_postgres(
-    served: ServedScorer, stores: SeededStores
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score the test's transaction with Redis, then again once Redis is empty."""
-    from_redis = served.decision(request_body(stores))
-    forget_redis(stores)
-    return from_redis, served.decision(request_body(stores))
 
 
 def newer_version(index: int) -> str:
