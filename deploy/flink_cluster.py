@@ -116,7 +116,13 @@ def prepare(cluster: FlinkCluster, rpc_port: int) -> None:
     The PyFlink package keeps ``flink-python`` in ``opt``, where a cluster does
     not load it, so the cluster's own ``lib`` folder links it beside the others.
     """
-    for folder in (cluster.conf_dir, cluster.lib_dir, *_runtime_dirs(cluster)):
+    folders = (
+        cluster.conf_dir,
+        cluster.lib_dir,
+        cluster.home / "log",
+        cluster.home / "run",
+    )
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     config = configuration(cluster.rest_port, rpc_port)
     (cluster.conf_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -218,10 +224,6 @@ def submit(
         timeout=timeout_seconds,
     )
     return completed.returncode
-
-
-def _runtime_dirs(cluster: FlinkCluster) -> list[Path]:
-    return [cluster.home / "log", cluster.home / "run"]
 
 
 def _operator_path() -> str:

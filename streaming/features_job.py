@@ -757,8 +757,8 @@ def make_environment(
     if restore_from is not None:
         config.set_string("execution.state-recovery.path", restore_from.as_uri())
     if not submitted_to_cluster():
-        # The embedded cluster dies with this process; whoever restarts the
-        # process resumes the job with --from-checkpoint latest. A cluster
+        # The embedded cluster dies with this process, so the supervisor that
+        # restarts it resumes the job with --from-checkpoint latest. A cluster
         # keeps its own restart strategy and REST address.
         config.set_string("restart-strategy.type", "none")
         config.set_string("rest.bind-address", "127.0.0.1")

@@ -115,10 +115,10 @@ def test_list_and_show(registry_dsn: str, capsys: pytest.CaptureFixture[str]) ->
     ]
 
     assert main(["show", "v1"]) == EXIT_OK
-    shown = capsys.readouterr().out
-    assert "stage: production" in shown
-    assert "registered -> candidate by trainer" in shown
-    assert "candidate -> production by trainer" in shown
+    show_output = capsys.readouterr().out
+    assert "stage: production" in show_output
+    assert "registered -> candidate by trainer" in show_output
+    assert "candidate -> production by trainer" in show_output
 
 
 @pytest.mark.integration

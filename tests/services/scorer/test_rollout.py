@@ -175,11 +175,11 @@ def test_loader_rejects_bad_production(
         bad = write_row(tmp_path, "v2", onnx_artifact, "production",
                         feature_names=names)  # fmt: skip
 
-    kept = asyncio.run(loader.build([bad], current))
-    again = asyncio.run(loader.build([bad], kept))
+    unchanged = asyncio.run(loader.build([bad], current))
+    again = asyncio.run(loader.build([bad], unchanged))
 
-    assert kept is not None and again is not None
-    assert kept.production.version == "v1"
+    assert unchanged is not None and again is not None
+    assert unchanged.production.version == "v1"
     assert again.production.version == "v1"
     # Rejected once, then not loaded again while the row is unchanged.
     assert rejected(metrics, "production") == 1.0

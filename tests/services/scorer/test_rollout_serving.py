@@ -91,12 +91,12 @@ def change_stage(dsn: str, version: str, target: str, **options: Any) -> None:
         promote(conn, version, target, by="test", **options)
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], description: str) -> None:
     """Poll ``condition`` until it holds, failing after WAIT_SECONDS."""
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {description}")
         time.sleep(0.02)
 
 
@@ -336,18 +336,20 @@ def held_shadow(
     served = run_scorer(settings)
     rollout = served.runtime.rollout
     assert rollout is not None
-    held = HeldModel(rollout.production.served.model, f"held-{uuid.uuid4().hex[:8]}")
+    held_model = HeldModel(
+        rollout.production.served.model, f"held-{uuid.uuid4().hex[:8]}"
+    )
     shadow = Deployed(
-        ServedModel(held, None, (), None),  # type: ignore[arg-type]
+        ServedModel(held_model, None, (), None),  # type: ignore[arg-type]
         rollout.production.policy,
         "shadow",
-        (held.version,),
+        (held_model.version,),
     )
     served.runtime.swap(Rollout(rollout.production, shadows=(shadow,)))
     try:
-        yield served, held
+        yield served, held_model
     finally:
-        held.released.set()
+        held_model.released.set()
 
 
 def test_held_shadow_does_not_hold_responses(
@@ -355,24 +357,24 @@ def test_held_shadow_does_not_hold_responses(
     rollout_dsn: str,
     stores: SeededStores,
 ) -> None:
-    served, held = held_shadow
+    served, held_model = held_shadow
     first = served.decision(unique_transaction(stores))
-    wait_for(held.entered.is_set, "the shadow model to start")
+    wait_for(held_model.entered.is_set, "the shadow model to start")
 
     # Every response arrives while the shadow model is still held.
     bodies = [served.decision(unique_transaction(stores)) for _ in range(19)]
 
-    assert not held.released.is_set()
+    assert not held_model.released.is_set()
     ids = [first["transaction_id"]] + [b["transaction_id"] for b in bodies]
-    assert all(b["shadow_versions"] == [held.version] for b in [first, *bodies])
+    assert all(b["shadow_versions"] == [held_model.version] for b in [first, *bodies])
     assert shadow_score_keys(rollout_dsn, ids) == set()
-    held.released.set()
+    held_model.released.set()
     wait_for(
         lambda: (
-            (first["transaction_id"], held.version)
+            (first["transaction_id"], held_model.version)
             in shadow_score_keys(rollout_dsn, ids)
         ),
-        "the held shadow score",
+        "the held_model shadow score",
     )
 
 
@@ -381,14 +383,14 @@ def test_full_shadow_queue_drops_scores(
     rollout_dsn: str,
     stores: SeededStores,
 ) -> None:
-    served, held = held_shadow
+    served, held_model = held_shadow
     metrics = served.runtime.metrics
     first = served.decision(unique_transaction(stores))
-    wait_for(held.entered.is_set, "the shadow model to start")
+    wait_for(held_model.entered.is_set, "the shadow model to start")
     bodies = [served.decision(unique_transaction(stores)) for _ in range(19)]
     ids = [first["transaction_id"]] + [b["transaction_id"] for b in bodies]
 
-    held.released.set()
+    held_model.released.set()
     outcome = "fraud_score_shadow_scores_total"
     wait_for(
         lambda: (
@@ -403,4 +405,6 @@ def test_full_shadow_queue_drops_scores(
     # has room for 5 of them, so the last 14 were dropped.
     assert sample(metrics, outcome, outcome="written") == 6.0
     assert sample(metrics, outcome, outcome="dropped") == 14.0
-    assert shadow_score_keys(rollout_dsn, ids) == {(t, held.version) for t in ids[:6]}
+    assert shadow_score_keys(rollout_dsn, ids) == {
+        (t, held_model.version) for t in ids[:6]
+    }
