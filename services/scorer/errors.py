@@ -20,6 +20,7 @@ class ScorerError(Exception):
 
     status_code = 500
     kind = "internal"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -77,6 +78,14 @@ class RevokedApiKey(ScorerError):
 
     status_code = 403
     kind = "forbidden"
+
+
+class Overloaded(ScorerError):
+    """The worker is handling as many requests as it is allowed to at once."""
+
+    status_code = 503
+    kind = "overloaded"
+    headers = {"Retry-After": "1"}
 
 
 class ApiKeysUnavailable(ScorerError):
@@ -140,7 +149,9 @@ def _count_error(request: Request, kind: str) -> None:
 async def _handle_scorer_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScorerError)
     _count_error(request, exc.kind)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -419,10 +419,12 @@ class HistoryLookup:
             self._metrics.errors.labels(kind="deadline_exceeded").inc()
             return None
         try:
-            # NOTE: the timeout counts time spent waiting for the event loop.
-            # Beyond the scorer's capacity, replies that Redis sent in time
-            # still time out, and requests get PostgreSQL or default features
-            # rather than being shed (see docs/benchmarks.md, section Scorer).
+            # NOTE: the timeout counts time spent waiting for the event loop, so
+            # a reply that Redis sent in time still expires while the loop runs
+            # other requests, and the request falls back to PostgreSQL. The
+            # in-progress limit (admission.py) bounds that wait by the work of
+            # the other admitted requests. It holds until the timeout is
+            # measured on the connection rather than on the loop's clock.
             async with asyncio.timeout(budget):
                 return await read_redis(self._script, self._prefix, query, claim)
         except InvalidMemberError:

@@ -70,7 +70,9 @@ class ScorerMetrics:
     def __post_init__(self) -> None:
         self.request_duration = Histogram(
             "fraud_score_request_duration_seconds",
-            "Time to handle one POST /score request, including rejected ones.",
+            "Time to handle one admitted POST /score request, invalid ones "
+            "included. Requests rejected by load shedding are counted in "
+            'fraud_score_errors_total{kind="overloaded"} instead.',
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=self.registry,
         )
@@ -117,6 +119,12 @@ class ScorerMetrics:
         self.kafka_backlog = Gauge(
             "fraud_score_kafka_backlog_messages",
             "Kafka messages queued or in flight, not yet delivered.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.requests_in_progress = Gauge(
+            "fraud_score_requests_in_progress",
+            "Score requests admitted and not yet answered.",
             multiprocess_mode="livesum",
             registry=self.registry,
         )

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from services.scorer.admission import Admission
 from services.scorer.auth import ApiKeys
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.errors import ModelLoadError, ModelUnavailable
@@ -56,6 +57,7 @@ class Runtime:
     api_keys: ApiKeys
     shadow: ShadowScorer
     loader: RolloutLoader
+    admission: Admission
     rollout: Rollout | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -174,6 +176,7 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
         api_keys,
         shadow,
         loader,
+        Admission(settings.max_requests_in_progress, metrics),
     )
 
 

@@ -142,6 +142,7 @@ def _describe_json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
 )
 async def score(request: Request, runtime: RuntimeDep) -> Response:
     """Score one transaction and return its fraud probability and decision."""
+    runtime.admission.enter()
     started = time.perf_counter()
     arrived = asyncio.get_running_loop().time()
     try:
@@ -150,5 +151,6 @@ async def score(request: Request, runtime: RuntimeDep) -> Response:
         record = parse_transaction(body)
         result = await score_transaction(runtime, record, arrived)
     finally:
+        runtime.admission.leave()
         runtime.metrics.request_duration.observe(time.perf_counter() - started)
     return Response(result, media_type="application/json")

@@ -127,6 +127,15 @@ def closed_port() -> int:
 
 
 @pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and never replies, like a hung server."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.fixture
 def offline_settings(tmp_path: Path) -> ScorerSettings:
     """Settings whose Redis and PostgreSQL are closed ports."""
     return ScorerSettings(

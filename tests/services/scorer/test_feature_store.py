@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -175,15 +174,6 @@ def test_query_covers_longest_window() -> None:
 
     assert query.end_ms == EVENT_MS
     assert query.start_ms == EVENT_MS - 30 * MS_PER_DAY
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections and never replies, like a hung server."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
 
 
 def test_redis_timeout_falls_through_to_default(silent_port: int) -> None:

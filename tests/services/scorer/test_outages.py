@@ -7,7 +7,6 @@ The shared servers themselves are never stopped.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -169,15 +168,6 @@ def test_degraded_policy_setting(
 
     assert payload["degraded"] is True
     assert payload["decision"] == expected
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections and never replies, like a hung server."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield int(listener.getsockname()[1])
 
 
 def test_deadline_bounds_hung_stores(

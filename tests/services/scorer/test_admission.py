@@ -1,0 +1,101 @@
+"""Load shedding: requests above the in-progress limit get 503 and leave no trace."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from services.scorer.admission import Admission
+from services.scorer.errors import Overloaded
+from services.scorer.metrics import ScorerMetrics
+from services.scorer.settings import ScorerSettings
+from tests.services.scorer.conftest import ServedScorer
+
+TRANSACTION = {
+    "transaction_id": "shed-1",
+    "customer_id": "c",
+    "terminal_id": "t",
+    "amount": 12.5,
+    "timestamp": "2024-04-06T10:00:00Z",
+}
+
+
+def test_admits_up_to_the_limit() -> None:
+    admission = Admission(2, ScorerMetrics())
+
+    admission.enter()
+    admission.enter()
+    with pytest.raises(Overloaded, match=r"limit of requests in progress \(2\)"):
+        admission.enter()
+    admission.leave()
+    admission.enter()
+
+    assert admission.in_progress == 2
+
+
+def test_limit_zero_admits_every_request() -> None:
+    admission = Admission(0, ScorerMetrics())
+
+    for _ in range(1000):
+        admission.enter()
+
+    assert admission.in_progress == 1000
+
+
+def test_negative_limit_raises() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        Admission(-1, ScorerMetrics())
+
+
+def test_shed_request_can_be_resent(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    offline_settings: ScorerSettings,
+    served_model: object,
+    silent_port: int,
+) -> None:
+    # Hung stores hold the first request for its whole deadline.
+    settings = offline_settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{silent_port}/0",
+            "pg_dsn": f"postgresql://fraud:fraud@127.0.0.1:{silent_port}/fraud",
+            "request_deadline_ms": 1500.0,
+            "max_requests_in_progress": 1,
+        }
+    )
+    served = run_scorer(settings)
+    served.runtime.install(served_model)  # type: ignore[arg-type]
+    first: list[httpx.Response] = []
+    holder = threading.Thread(
+        target=lambda: first.append(
+            httpx.post(f"{served.base_url}/score", json=TRANSACTION, timeout=10.0)
+        )
+    )
+    holder.start()
+    deadline = time.monotonic() + 5.0
+    while served.runtime.admission.in_progress < 1:
+        assert time.monotonic() < deadline, "the first request never started"
+        time.sleep(0.005)
+
+    shed = served.score({**TRANSACTION, "transaction_id": "shed-2"})
+    holder.join(timeout=10.0)
+
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "1"
+    assert shed.json() == {
+        "detail": "the scorer is at its limit of requests in progress (1); "
+        "retry after the time in Retry-After."
+    }
+    assert first[0].status_code == 200
+    metrics = served.client.get("/metrics").text
+    assert 'fraud_score_errors_total{kind="overloaded"} 1.0' in metrics
+    assert "fraud_score_requests_in_progress 0.0" in metrics
+    # Only the admitted request reached the latency histogram.
+    assert "fraud_score_request_duration_seconds_count 1.0" in metrics
+    # The shed request claimed nothing, so sending it again scores it.
+    again = served.score({**TRANSACTION, "transaction_id": "shed-2"})
+    assert again.status_code == 200
+    assert again.json()["transaction_id"] == "shed-2"
