@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup stack-up stack-down demo train segment test test-unit bench-score bench-stream bench-freshness lint check-deploy promtool clean
+.PHONY: setup stack-up stack-down demo train ceiling segment test test-unit bench-score bench-stream bench-freshness lint check-deploy promtool clean
 
 ## setup: install system packages (Debian), the virtualenv and the project
 setup: $(STAMP)
@@ -34,6 +34,10 @@ demo: setup
 ## (extra options in TRAIN_ARGS, see python -m training.prequential --help)
 train: setup
 	$(PY) -m deploy.train $(TRAIN_ARGS)
+
+## ceiling: upper bound of the test metrics that any model can reach on the data
+ceiling: setup
+	$(PY) -m training.ceiling
 
 ## segment: cluster the offline store's customers and publish their segments
 ## (extra options in SEGMENT_ARGS, see python -m training.segmentation --help)
