@@ -32,6 +32,7 @@ def create_app(settings: ScorerSettings | None = None) -> FastAPI:
     )
     app.state.metrics = ScorerMetrics()
     install_error_handlers(app)
+    app.add_middleware(score.DirectScoreRoute)
     app.include_router(score.router)
     app.include_router(labels.router)
     app.include_router(health.router)

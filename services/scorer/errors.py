@@ -146,12 +146,17 @@ def _count_error(request: Request, kind: str) -> None:
         metrics.errors.labels(kind=kind).inc()
 
 
-async def _handle_scorer_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ScorerError)
+def scorer_error_response(request: Request, exc: ScorerError) -> JSONResponse:
+    """Count ``exc`` by its kind and return its ``{"detail": ...}`` response."""
     _count_error(request, exc.kind)
     return JSONResponse(
         {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
     )
+
+
+async def _handle_scorer_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ScorerError)
+    return scorer_error_response(request, exc)
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -58,9 +58,9 @@ class ScorerSettings(PlatformSettings):
     request_deadline_ms: float = Field(default=10.0, gt=0)
     # Maximum number of POST /score requests one worker handles at once. More are
     # rejected with 503 and Retry-After (services/scorer/admission.py); 0 admits all.
-    # At about 1 ms of CPU a request, 16 in progress keep the queue within the
-    # default deadline.
-    max_requests_in_progress: int = Field(default=16, ge=0)
+    # The default bounds the queue of a worker at about 64 ms of CPU and sheds
+    # nothing below its capacity; lower values shed sooner (docs/benchmarks.md).
+    max_requests_in_progress: int = Field(default=64, ge=0)
     # Maximum seconds for the Redis round trip before the scorer falls back to
     # PostgreSQL. Covers connecting as well.
     redis_timeout_seconds: float = Field(default=0.005, gt=0)

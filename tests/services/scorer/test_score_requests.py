@@ -5,9 +5,12 @@ Bad bodies are rejected before any store is read, so these tests need no servers
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from fraudcore.features import MODEL_INPUTS, transaction_features
 from fraudcore.schema import TransactionRecord
 from services.scorer.model import ScoringModel
 from services.scorer.registry import ServedModel
+from services.scorer.routes.score import DirectScoreRoute
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import ServedScorer
 
@@ -303,3 +307,29 @@ def test_openapi_documents_score_body(offline_scorer: ServedScorer) -> None:
     body = spec["paths"]["/score"]["post"]["requestBody"]
     schema = body["content"]["application/json"]["schema"]
     assert "transaction_id" in schema["properties"]
+
+
+def test_direct_route_bypasses_router(offline_scorer: ServedScorer) -> None:
+    forwarded: list[tuple[str, str]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def router(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        forwarded.append((scope["method"], scope["path"]))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    # An empty body is rejected before any store is read, so the runtime's
+    # clients, which belong to the server's event loop, stay untouched.
+    app = SimpleNamespace(state=SimpleNamespace(runtime=offline_scorer.runtime))
+    middleware = DirectScoreRoute(router)
+    for method, path in (("POST", "/score"), ("GET", "/score"), ("POST", "/labels")):
+        scope = {"type": "http", "method": method, "path": path, "headers": []}
+        asyncio.run(middleware(scope | {"app": app}, receive, send))
+
+    assert forwarded == [("GET", "/score"), ("POST", "/labels")]
+    assert sent[0]["status"] == 422
+    assert b"request body is empty" in sent[1]["body"]
