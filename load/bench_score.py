@@ -558,6 +558,7 @@ def run_benchmark(
         ]
         decisions = counter_samples(base_url, "fraud_score_decisions_total")
         sources = counter_samples(base_url, "fraud_score_feature_source_total")
+        errors = counter_samples(base_url, "fraud_score_errors_total")
     saturation_rps = max(run["achieved_rps"] for run in saturation)
     noop_rps = max(run["achieved_rps"] for run in noop)
     return {
@@ -570,6 +571,7 @@ def run_benchmark(
         "server_p99_ms_at_1000_rps": server_p99,
         "decisions": decisions,
         "feature_sources": sources,
+        "errors_by_kind": errors,
         "saturation_connections": SATURATION_CONNECTIONS,
         "duration_seconds_per_run": args.duration,
     }

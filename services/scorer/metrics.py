@@ -128,6 +128,13 @@ class ScorerMetrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
+        self.loop_lag = Gauge(
+            "fraud_score_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 5 ms, an estimate of "
+            "how long a new request waits.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
         self.decision_rows = Counter(
             "fraud_score_decision_rows_total",
             "Durable copies of decisions in PostgreSQL by outcome: written, "

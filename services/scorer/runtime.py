@@ -19,6 +19,7 @@ from services.scorer.admission import Admission
 from services.scorer.auth import ApiKeys
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.errors import ModelLoadError, ModelUnavailable
+from services.scorer.event_loop import LoopLag
 from services.scorer.events import EventPublisher
 from services.scorer.feature_store import REDIS_FAILURES, HistoryLookup
 from services.scorer.idempotency import DecisionStore, DecisionWriter
@@ -176,7 +177,12 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
         api_keys,
         shadow,
         loader,
-        Admission(settings.max_requests_in_progress, metrics),
+        Admission(
+            settings.max_requests_in_progress,
+            settings.max_loop_lag_ms / 1000,
+            LoopLag(gauge=metrics.loop_lag),
+            metrics,
+        ),
     )
 
 
@@ -200,6 +206,7 @@ def start_background_tasks(runtime: Runtime, model_loaded: bool) -> None:
     is followed for as long as the process runs.
     """
     runtime.tasks.append(asyncio.create_task(runtime.writer.run()))
+    runtime.tasks.append(asyncio.create_task(runtime.admission.lag.run()))
     runtime.tasks.append(asyncio.create_task(runtime.decisions.run_storer()))
     runtime.tasks.append(asyncio.create_task(runtime.shadow.run()))
     if runtime.settings.require_api_key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 
 from services.scorer.admission import Admission
 from services.scorer.errors import Overloaded
+from services.scorer.event_loop import LoopLag
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import ServedScorer
@@ -25,7 +27,7 @@ TRANSACTION = {
 
 
 def test_admits_up_to_the_limit() -> None:
-    admission = Admission(2, ScorerMetrics())
+    admission = Admission(2, 0.0, LoopLag(), ScorerMetrics())
 
     admission.enter()
     admission.enter()
@@ -38,7 +40,7 @@ def test_admits_up_to_the_limit() -> None:
 
 
 def test_limit_zero_admits_every_request() -> None:
-    admission = Admission(0, ScorerMetrics())
+    admission = Admission(0, 0.0, LoopLag(), ScorerMetrics())
 
     for _ in range(1000):
         admission.enter()
@@ -46,9 +48,36 @@ def test_limit_zero_admits_every_request() -> None:
     assert admission.in_progress == 1000
 
 
+def test_lagging_loop_rejects_requests() -> None:
+    lag = LoopLag()
+    admission = Admission(0, 0.010, lag, ScorerMetrics())
+    lag.seconds = 0.012
+
+    with pytest.raises(Overloaded, match="12 ms behind, more than its limit of 10"):
+        admission.enter()
+    lag.seconds = 0.004
+    admission.enter()
+
+    assert admission.in_progress == 1
+
+
+def test_loop_lag_measures_a_blocked_loop() -> None:
+    async def measure() -> float:
+        lag = LoopLag(interval_seconds=0.005)
+        task = asyncio.create_task(lag.run())
+        await asyncio.sleep(0.02)
+        time.sleep(0.05)  # blocks the loop, as a long request would
+        await asyncio.sleep(0.001)
+        late = lag.seconds
+        task.cancel()
+        return late
+
+    assert asyncio.run(measure()) >= 0.03
+
+
 def test_negative_limit_raises() -> None:
     with pytest.raises(ValueError, match="0 or more"):
-        Admission(-1, ScorerMetrics())
+        Admission(-1, 0.0, LoopLag(), ScorerMetrics())
 
 
 def test_shed_request_can_be_resent(

@@ -1,0 +1,79 @@
+"""Timeouts that allow for a busy event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+import uvloop
+
+from services.scorer.event_loop import responsive_timeout
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Run:
+    """Run a coroutine to completion on a new loop of each kind."""
+
+    def run_on_loop(coroutine: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            return runner.run(coroutine)
+
+    return run_on_loop
+
+
+def test_expires_on_a_free_loop(run: Run) -> None:
+    async def wait_forever() -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with responsive_timeout(0.01, limit=1.0):
+                await asyncio.Event().wait()
+        return time.monotonic() - started
+
+    assert 0.01 <= run(wait_forever()) < 0.5
+
+
+def test_reply_during_busy_loop_is_read(run: Run) -> None:
+    async def reply_during_block(
+        timeout_factory: Callable[[], AbstractAsyncContextManager[Any]],
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[str] = loop.create_future()
+        # The reply is due after 2 ms, but a blocking call holds the loop for
+        # 50 ms, so both the reply and the 10 ms timeout are due when it ends.
+        loop.call_later(0.002, reply.set_result, "features")
+        loop.call_soon(time.sleep, 0.05)
+        async with timeout_factory():
+            return await reply
+
+    assert run(reply_during_block(lambda: responsive_timeout(0.01, 1.0))) == "features"
+    with pytest.raises(TimeoutError):
+        run(reply_during_block(lambda: asyncio.timeout(0.01)))
+
+
+def test_limit_ends_busy_loop_wait(run: Run) -> None:
+    async def busy_loop() -> float:
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 0.5
+
+        def hog() -> None:
+            time.sleep(0.01)
+            if loop.time() < stop:
+                loop.call_soon(hog)
+
+        loop.call_soon(hog)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with responsive_timeout(0.005, limit=0.1):
+                await asyncio.Event().wait()
+        return time.monotonic() - started
+
+    assert 0.09 <= run(busy_loop()) < 0.4
