@@ -135,6 +135,19 @@ def silent_port() -> Iterator[int]:
         yield int(listener.getsockname()[1])
 
 
+def hung_store_settings(
+    settings: ScorerSettings, port: int, **changes: object
+) -> ScorerSettings:
+    """Return ``settings`` with both stores on ``port``, which never replies."""
+    return settings.model_copy(
+        update={
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "pg_dsn": f"postgresql://fraud:fraud@127.0.0.1:{port}/fraud",
+            **changes,
+        }
+    )
+
+
 @pytest.fixture
 def offline_settings(tmp_path: Path) -> ScorerSettings:
     """Settings whose Redis and PostgreSQL are closed ports."""

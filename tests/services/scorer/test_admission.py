@@ -15,7 +15,7 @@ from services.scorer.errors import Overloaded
 from services.scorer.event_loop import LoopLag
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.settings import ScorerSettings
-from tests.services.scorer.conftest import ServedScorer
+from tests.services.scorer.conftest import ServedScorer, hung_store_settings
 
 TRANSACTION = {
     "transaction_id": "shed-1",
@@ -87,13 +87,11 @@ def test_shed_request_can_be_resent(
     silent_port: int,
 ) -> None:
     # Hung stores hold the first request for its whole deadline.
-    settings = offline_settings.model_copy(
-        update={
-            "redis_url": f"redis://127.0.0.1:{silent_port}/0",
-            "pg_dsn": f"postgresql://fraud:fraud@127.0.0.1:{silent_port}/fraud",
-            "request_deadline_ms": 1500.0,
-            "max_requests_in_progress": 1,
-        }
+    settings = hung_store_settings(
+        offline_settings,
+        silent_port,
+        request_deadline_ms=1500.0,
+        max_requests_in_progress=1,
     )
     served = run_scorer(settings)
     served.runtime.install(served_model)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from tests.services.scorer.conftest import (
     ServedScorer,
     TcpProxy,
     closed_port,
+    hung_store_settings,
     unique_transaction,
 )
 
@@ -178,14 +179,12 @@ def test_deadline_bounds_hung_stores(
 ) -> None:
     # Both stores hang and their own timeouts are far longer than the client's,
     # so only the request deadline lets the response arrive.
-    settings = offline_settings.model_copy(
-        update={
-            "redis_url": f"redis://127.0.0.1:{silent_port}/0",
-            "pg_dsn": f"postgresql://fraud:fraud@127.0.0.1:{silent_port}/fraud",
-            "redis_timeout_seconds": 30.0,
-            "pg_timeout_seconds": 30.0,
-            "request_deadline_ms": 200.0,
-        }
+    settings = hung_store_settings(
+        offline_settings,
+        silent_port,
+        redis_timeout_seconds=30.0,
+        pg_timeout_seconds=30.0,
+        request_deadline_ms=200.0,
     )
     served = run_scorer(settings)
     served.runtime.install(served_model)  # type: ignore[arg-type]
