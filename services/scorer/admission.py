@@ -3,12 +3,14 @@
 Beyond its capacity an event loop queues work, so every waiting request adds to
 the latency of all the others, and callers wait seconds for their responses.
 
-A request that finds ``limit`` others in progress is rejected at once with 503 and
-``Retry-After``, before it is authenticated or parsed, so it costs little and
-leaves no trace: no idempotency claim, no event, no log row. The caller can send
-the same transaction id again. An admitted request shares the loop with at most
-``limit - 1`` others. Requests that wait before the loop reads them are not in
-the count; the optional lag limit rejects requests while that wait is long.
+A request that finds ``limit`` others in progress once its body is read and
+parsed is rejected at once with 503 and ``Retry-After``, before any store is
+read, so it costs little and leaves no trace: no idempotency claim, no event, no
+log row. A client that is slow to send its body holds no place meanwhile. The
+caller can send the same transaction id again. An admitted request shares the
+loop with at most ``limit - 1`` others. Requests that wait before the loop reads
+them are not in the count; the optional lag limit rejects requests while that
+wait is long.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ class Admission:
             lag = self.lag.seconds
             if lag > self._max_lag:
                 raise Overloaded(
-                    f"the scorer's event loop is {lag * 1000:.0f} ms behind, more "
-                    f"than its limit of {self._max_lag * 1000:.0f} ms; retry after "
+                    f"the scorer's event loop is {lag * 1000:g} ms behind, more "
+                    f"than its limit of {self._max_lag * 1000:g} ms; retry after "
                     "the time in Retry-After."
                 )
         self._in_progress += 1

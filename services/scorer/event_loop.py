@@ -13,46 +13,51 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import Gauge
 
 # A timer that runs this much later than it was due shows that the loop was busy.
 # uvloop's clock has millisecond resolution, so less would catch rounding.
 LATE_SECONDS = 0.002
-# Delay between the checks after the budget has run out. It is not zero, so that
-# the loop polls its sockets between two checks, whatever order it runs them in.
+# Delay between the checks after the budget has run out.
 RECHECK_SECONDS = 0.001
-# Checks in a row that must run on time before the timeout expires.
-ON_TIME_CHECKS = 2
 
 
 @asynccontextmanager
-async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]:
-    """Time out after ``budget`` seconds in which the loop was free to run the caller.
+async def responsive_timeout(
+    budget: float, limit: float, watched: asyncio.Task[Any] | None = None
+) -> AsyncIterator[None]:
+    """Time out after ``budget`` seconds, unless the reply is in and waits for the loop.
 
-    When the budget runs out, a reply may already wait unread in a socket: the
-    loop runs due timers and ready callbacks before it polls, and while it is
-    busy it polls late. So the timeout expires only after ``ON_TIME_CHECKS``
-    checks in a row, ``RECHECK_SECONDS`` apart, ran on time, with a poll of the
-    sockets between them. A late check starts the count again. The timeout
-    expires after ``limit`` seconds in any case.
+    When the budget runs out, the check looks at ``watched`` (by default the
+    calling task). A task that no longer waits for a future has its reply, or
+    part of it, and only waits for its turn on a busy loop, so the check is
+    repeated ``RECHECK_SECONDS`` later. A task still waiting gets one more check
+    when this one ran late, because the loop may not have read its sockets since
+    the reply came. Otherwise the timeout expires, and after ``limit`` seconds
+    in any case.
 
     Raises:
         TimeoutError: when the timeout expires, as ``asyncio.timeout`` does.
     """
     loop = asyncio.get_running_loop()
+    task = watched if watched is not None else asyncio.current_task()
     start = loop.time()
     async with asyncio.timeout_at(start + limit) as timeout:
         handle: list[asyncio.TimerHandle] = []
-        on_time = 0
+        retried_late = False
 
         def check(due: float) -> None:
-            nonlocal on_time
+            nonlocal retried_late
             if timeout.expired():
                 return
             now = loop.time()
-            on_time = 0 if now - due >= LATE_SECONDS else on_time + 1
-            if on_time >= ON_TIME_CHECKS:
+            if not waits_for_future(task):
+                retried_late = False
+            elif now - due >= LATE_SECONDS and not retried_late:
+                retried_late = True
+            else:
                 timeout.reschedule(now)
                 return
             retry = now + RECHECK_SECONDS
@@ -64,6 +69,24 @@ async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]
             yield
         finally:
             handle[0].cancel()
+
+
+def waits_for_future(task: asyncio.Task[Any] | None) -> bool:
+    """Return whether ``task`` is suspended on a future that is not done yet.
+
+    asyncio tasks keep that future in ``_fut_waiter``, which is not public API.
+    Without it (another task implementation), every task counts as waiting,
+    and the timeout expires as a plain one would.
+    """
+    if task is None:
+        return True
+    waiter = getattr(task, "_fut_waiter", _MISSING)
+    if waiter is _MISSING:
+        return True
+    return waiter is not None and not waiter.done()
+
+
+_MISSING = object()
 
 
 class LoopLag:

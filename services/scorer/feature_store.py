@@ -424,13 +424,8 @@ class HistoryLookup:
             self._metrics.errors.labels(kind="deadline_exceeded").inc()
             return None
         try:
-            # NOTE: this keeps replies that came during a stall of the loop, but
-            # not yet those of a loop shared by many requests beyond capacity:
-            # with 32 concurrent requests of 1 ms of CPU each, lookups were
-            # still cancelled 33 to 41 ms after they began, for a reason not yet
-            # known. Until that is found, such a worker falls back to default
-            # features, and the in-progress limit (admission.py) is the remedy.
-            async with responsive_timeout(budget, REDIS_LIMIT_SECONDS):
+            limit = max(budget, REDIS_LIMIT_SECONDS)
+            async with responsive_timeout(budget, limit):
                 return await read_redis(self._script, self._prefix, query, claim)
         except InvalidMemberError:
             # The message would contain the member, and with it identifiers.

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fraudcore.settings import PlatformSettings
+
+# Smallest lag limit worth setting: uvloop's clock counts whole milliseconds,
+# so a limit below 2 ms would reject requests on an idle loop.
+MIN_LOOP_LAG_MS = 2.0
 
 DecisionName = Literal["allow", "review", "block"]
 
@@ -106,6 +110,16 @@ class ScorerSettings(PlatformSettings):
     # Adds POST /noop, which reads the body and returns {}: a yardstick of the
     # framework's own cost in benchmarks. Off in production.
     noop_route: bool = False
+
+    @field_validator("max_loop_lag_ms")
+    @classmethod
+    def _lag_above_clock_resolution(cls, value: float) -> float:
+        if 0 < value < MIN_LOOP_LAG_MS:
+            raise ValueError(
+                f"must be 0 (off) or at least {MIN_LOOP_LAG_MS} ms, because the "
+                f"event loop's clock counts whole milliseconds; got {value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> ScorerSettings:

@@ -149,17 +149,23 @@ def _describe_json_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
 )
 async def score(request: Request, runtime: RuntimeDep) -> Response:
     """Score one transaction and return its fraud probability and decision."""
-    runtime.admission.enter()
     started = time.perf_counter()
     arrived = asyncio.get_running_loop().time()
+    duration = runtime.metrics.request_duration
     try:
         authenticate(request, runtime)
         body = await read_body(request, runtime.settings.max_body_bytes)
         record = parse_transaction(body)
+    except ScorerError:
+        duration.observe(time.perf_counter() - started)
+        raise
+    # Admitted only now, so that a client slow to send its body holds no place.
+    runtime.admission.enter()
+    try:
         result = await score_transaction(runtime, record, arrived)
     finally:
         runtime.admission.leave()
-        runtime.metrics.request_duration.observe(time.perf_counter() - started)
+        duration.observe(time.perf_counter() - started)
     return Response(result, media_type="application/json")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -126,3 +127,27 @@ def test_shed_request_can_be_resent(
     again = served.score({**TRANSACTION, "transaction_id": "shed-2"})
     assert again.status_code == 200
     assert again.json()["transaction_id"] == "shed-2"
+
+
+def test_slow_body_holds_no_place(
+    run_scorer: Callable[[ScorerSettings], ServedScorer],
+    offline_settings: ScorerSettings,
+    served_model: object,
+) -> None:
+    settings = offline_settings.model_copy(update={"max_requests_in_progress": 1})
+    served = run_scorer(settings)
+    served.runtime.install(served_model)  # type: ignore[arg-type]
+    port = int(served.base_url.rsplit(":", 1)[1])
+
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        # Headers promise a body that never comes.
+        stalled.sendall(
+            b"POST /score HTTP/1.1\r\nHost: scorer\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        time.sleep(0.2)
+        in_progress = served.runtime.admission.in_progress
+        response = served.score(TRANSACTION)
+
+    assert in_progress == 0
+    assert response.status_code == 200

@@ -59,7 +59,7 @@ def test_reply_during_busy_loop_is_read(run: Run) -> None:
         run(reply_during_block(lambda: asyncio.timeout(0.01)))
 
 
-def test_limit_ends_busy_loop_wait(run: Run) -> None:
+def test_unanswered_call_expires_on_busy_loop(run: Run) -> None:
     async def busy_loop() -> float:
         loop = asyncio.get_running_loop()
         stop = loop.time() + 0.5
@@ -72,8 +72,28 @@ def test_limit_ends_busy_loop_wait(run: Run) -> None:
         loop.call_soon(hog)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            async with responsive_timeout(0.005, limit=0.1):
+            async with responsive_timeout(0.005, limit=1.0):
                 await asyncio.Event().wait()
         return time.monotonic() - started
 
-    assert 0.09 <= run(busy_loop()) < 0.4
+    # A late check gives the call one more check, not the whole limit.
+    assert 0.005 <= run(busy_loop()) < 0.2
+
+
+def test_limit_ends_wait_for_runnable_call(run: Run) -> None:
+    async def always_runnable() -> float:
+        async def spin() -> None:
+            while True:
+                await asyncio.sleep(0)
+
+        call = asyncio.create_task(spin())
+        started = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                async with responsive_timeout(0.005, 0.1, call):
+                    await asyncio.Event().wait()
+        finally:
+            call.cancel()
+        return time.monotonic() - started
+
+    assert 0.09 <= run(always_runnable()) < 0.4
