@@ -4,8 +4,9 @@ A timeout on the event loop's clock also counts the time the loop spent on other
 requests. When a worker is busy, a Redis reply that arrived within its budget
 waits unread in the socket, the timeout expires first, and the request falls
 back to PostgreSQL and then to default features, though Redis was healthy.
-:func:`responsive_timeout` extends such a timeout while the loop is late, and
-:class:`LoopLag` measures the lateness that load shedding acts on.
+:func:`responsive_timeout` does not expire while the caller has its reply and
+only waits for the loop, and :class:`LoopLag` measures the lateness that load
+shedding acts on.
 """
 
 from __future__ import annotations
@@ -22,27 +23,26 @@ from prometheus_client import Gauge
 LATE_SECONDS = 0.002
 # Delay between the checks after the budget has run out.
 RECHECK_SECONDS = 0.001
+# Default of getattr when a task object has no such attribute.
+_MISSING = object()
 
 
 @asynccontextmanager
-async def responsive_timeout(
-    budget: float, limit: float, watched: asyncio.Task[Any] | None = None
-) -> AsyncIterator[None]:
+async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]:
     """Time out after ``budget`` seconds, unless the reply is in and waits for the loop.
 
-    When the budget runs out, the check looks at ``watched`` (by default the
-    calling task). A task that no longer waits for a future has its reply, or
-    part of it, and only waits for its turn on a busy loop, so the check is
-    repeated ``RECHECK_SECONDS`` later. A task still waiting gets one more check
-    when this one ran late, because the loop may not have read its sockets since
-    the reply came. Otherwise the timeout expires, and after ``limit`` seconds
-    in any case.
+    When the budget runs out, the check looks at the calling task. A task that
+    no longer waits for a future has its reply, or part of it, and only waits
+    for its turn on a busy loop, so the check is repeated ``RECHECK_SECONDS``
+    later. A task still waiting gets one more check when this one ran late,
+    because the loop may not have read its sockets since the reply came.
+    Otherwise the timeout expires, and after ``limit`` seconds in any case.
 
     Raises:
         TimeoutError: when the timeout expires, as ``asyncio.timeout`` does.
     """
     loop = asyncio.get_running_loop()
-    task = watched if watched is not None else asyncio.current_task()
+    task = asyncio.current_task()
     start = loop.time()
     async with asyncio.timeout_at(start + limit) as timeout:
         handle: list[asyncio.TimerHandle] = []
@@ -84,9 +84,6 @@ def waits_for_future(task: asyncio.Task[Any] | None) -> bool:
     if waiter is _MISSING:
         return True
     return waiter is not None and not waiter.done()
-
-
-_MISSING = object()
 
 
 class LoopLag:
