@@ -3,14 +3,15 @@
 Beyond its capacity an event loop queues work, so every waiting request adds to
 the latency of all the others, and callers wait seconds for their responses.
 
-A request that finds ``limit`` others in progress once its body is read and
-parsed is rejected at once with 503 and ``Retry-After``, before any store is
-read, so it costs little and leaves no trace: no idempotency claim, no event, no
-log row. A client that is slow to send its body holds no place meanwhile. The
-caller can send the same transaction id again. An admitted request shares the
-loop with at most ``limit - 1`` others. Requests that wait before the loop reads
-them are not in the count; the optional lag limit rejects requests while that
-wait is long.
+A request is counted once its body is read and parsed. If ``limit`` others are
+in progress then, it is rejected at once with 503 and ``Retry-After``, before
+any store is read. So it costs little and leaves no trace: no idempotency
+claim, no event, no log row, and the caller can send the same transaction id
+again. A client that is slow to send its body takes no place meanwhile.
+
+An admitted request shares the loop with at most ``limit - 1`` others. Requests
+that wait before the loop reads them are not in the count, so the optional lag
+limit rejects requests while that wait is long.
 """
 
 from __future__ import annotations

@@ -32,11 +32,11 @@ failed read, gets ``None``, which the scorer feeds to the model as
 :data:`fraudcore.segments.NO_SEGMENT`.
 
 Each lookup has a deadline on the event loop's clock. Redis gets
-``redis_timeout_seconds`` or less, and PostgreSQL whatever remains. Redis's
-budget counts only time in which the loop was free to read the reply
-(:func:`services.scorer.event_loop.responsive_timeout`), so a busy worker does
-not fall back for replies that came in time, and answers late instead. The
-same Redis round trip also claims the transaction id for idempotency (see
+``redis_timeout_seconds`` or less, and PostgreSQL whatever remains. The Redis
+timeout does not expire while the lookup has its reply and only waits for its
+turn on the loop (:func:`services.scorer.event_loop.responsive_timeout`), so a
+busy worker answers late rather than fall back for a reply that came in time.
+The same Redis round trip also claims the transaction id for idempotency (see
 :mod:`services.scorer.idempotency`), so the claim costs no extra round trip.
 """
 

@@ -62,14 +62,14 @@ class ScorerSettings(PlatformSettings):
     request_deadline_ms: float = Field(default=10.0, gt=0)
     # Maximum number of POST /score requests one worker handles at once. More are
     # rejected with 503 and Retry-After (services/scorer/admission.py); 0 admits all.
-    # The default bounds the queue of a worker at about 64 ms of CPU and sheds
-    # nothing below its capacity; lower values shed sooner (docs/benchmarks.md).
+    # The default bounds the queue of a worker at about 64 ms of CPU, and it shed
+    # nothing at 500 req/s in docs/benchmarks.md. Lower values shed sooner.
     max_requests_in_progress: int = Field(default=64, ge=0)
     # POST /score requests are also rejected with 503 while the event loop runs
     # more than this many milliseconds late (services/scorer/event_loop.py).
-    # 0 ignores the lag. Off by default: loading a new model version in a
-    # background thread holds the GIL long enough to lag the loop by more than
-    # 10 ms, and a limit that low rejected requests during a hot swap.
+    # 0 ignores the lag. Off by default, because loading a new model version in
+    # a background thread lagged the loop by more than 10 ms in the hot-swap
+    # test, and a limit that low rejected requests there.
     max_loop_lag_ms: float = Field(default=0.0, ge=0)
     # Maximum seconds for the Redis round trip before the scorer falls back to
     # PostgreSQL. Covers connecting as well.

@@ -159,7 +159,7 @@ async def score(request: Request, runtime: RuntimeDep) -> Response:
     except ScorerError:
         duration.observe(time.perf_counter() - started)
         raise
-    # Admitted only now, so that a client slow to send its body holds no place.
+    # Admitted only now, so that a client slow to send its body takes no place.
     runtime.admission.enter()
     try:
         result = await score_transaction(runtime, record, arrived)
