@@ -252,16 +252,32 @@ def _launch_kafka(host: str, port: int, paths: Paths) -> None:
     config.write_text(_kafka_properties(host, port, data_dir))
     java = ["java", "-Xms256m", "-Xmx768m", "-cp", classpath]
     if not (data_dir / "meta.properties").exists():
-        cluster_id = _kafka_cluster_id()
-        storage = ["kafka.tools.StorageTool", "format", "--standalone"]
-        storage += ["-t", cluster_id, "-c", str(config)]
-        subprocess.run(java + storage, check=True, capture_output=True)
+        storage = kafka_format_arguments(_kafka_cluster_id(), config)
+        formatted = subprocess.run(java + storage, capture_output=True, text=True)
+        if formatted.returncode != 0:
+            raise RuntimeError(
+                f"formatting the Kafka storage in {data_dir} failed with exit "
+                f"code {formatted.returncode}: {formatted.stderr.strip()[-500:]}"
+            )
     log4j = REPO_ROOT / "deploy" / "local" / "kafka-log4j2.yaml"
     command = java + [f"-Dlog4j2.configurationFile={log4j}", "kafka.Kafka", str(config)]
     pid = spawn("kafka", command, paths)
     # Probe the port first: librdkafka logs every refused connection to stderr.
     ready = lambda: is_listening(host, port) and _kafka_answers(f"{host}:{port}")  # noqa: E731
     wait_until("kafka", ready, paths, pid)
+
+
+def kafka_format_arguments(cluster_id: str, config: Path) -> list[str]:
+    """Return the StorageTool arguments that format a standalone KRaft node."""
+    # A cluster id may start with "-", which "-t ID" would read as an option.
+    return [
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        f"--cluster-id={cluster_id}",
+        "-c",
+        str(config),
+    ]
 
 
 def _kafka_cluster_id() -> str:
