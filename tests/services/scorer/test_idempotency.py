@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from fraudcore.schema import TransactionRecord
-from services.scorer.idempotency import decision_key, pending_marker, request_digest
+from services.scorer.idempotency import (
+    DecisionWriter,
+    StoredDecision,
+    decision_key,
+    pending_marker,
+    request_digest,
+)
+from services.scorer.metrics import ScorerMetrics
 from services.scorer.settings import ScorerSettings
 from tests.services.scorer.conftest import (
     KafkaTopics,
@@ -224,3 +234,61 @@ def test_fresh_marker_of_same_body_times_out(
 
     assert response.status_code == 409
     assert "still being scored by an earlier request" in response.json()["detail"]
+
+
+def stored_decision(
+    transaction_id: str, shadows: tuple[str, ...] = ()
+) -> StoredDecision:
+    response = {"transaction_id": transaction_id, "decision": "allow"}
+    return StoredDecision(
+        transaction_id=transaction_id,
+        request_sha256="0" * 64,
+        customer_id="c",
+        terminal_id="t",
+        transaction_ms=1_712_400_000_000,
+        model_version="v1",
+        probability=0.25,
+        decision="allow",
+        response=json.dumps(response).encode(),
+        decided_at="2024-04-06T10:40:00.123Z",
+        shadow_versions=shadows,
+    )
+
+
+def test_writer_counts_written_and_duplicate_rows(stores: SeededStores) -> None:
+    metrics = ScorerMetrics()
+    run_id = uuid.uuid4().hex[:8]
+    first, second = f"w-{run_id}-1", f"w-{run_id}-2"
+
+    async def write_twice() -> tuple[bool, bool]:
+        async with AsyncConnectionPool(stores.dsn, open=False) as pool:
+            writer = DecisionWriter(pool, max_rows=10, metrics=metrics)
+            writer.add(stored_decision(first))
+            written_first = await writer.flush_batch()
+            writer.add(stored_decision(first))
+            writer.add(stored_decision(second, shadows=("v2", "v3")))
+            written_second = await writer.flush_batch()
+            assert writer.backlog() == 0
+            return written_first, written_second
+
+    flushed = asyncio.run(write_twice())
+
+    assert flushed == (True, True)
+    written = metrics.registry.get_sample_value(
+        "fraud_score_decision_rows_total", {"outcome": "written"}
+    )
+    duplicate = metrics.registry.get_sample_value(
+        "fraud_score_decision_rows_total", {"outcome": "duplicate"}
+    )
+    assert written == 2.0
+    assert duplicate == 1.0
+    with psycopg.connect(stores.dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT shadow_versions, response->>'decision', decided_at "
+            "FROM scored_transactions WHERE transaction_id = %s",
+            (second,),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == ["v2", "v3"]
+    assert row[1] == "allow"
+    assert row[2].isoformat() == "2024-04-06T10:40:00.123000+00:00"
