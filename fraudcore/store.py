@@ -24,6 +24,7 @@ from fraudcore.features import (
     DeviceEvent,
     DeviceEventTuple,
     TerminalLabel,
+    TerminalLabelTuple,
 )
 
 # Redis drops a key that has not been written for this many seconds of wall time.
@@ -117,23 +118,37 @@ def decode_customer_members(
 ) -> list[CustomerEventTuple]:
     """Decode ``ZRANGE ... WITHSCORES`` output of a customer key into event tuples.
 
-    ``flat`` alternates members and scores, as Redis returns them.
+    ``flat`` alternates members and scores, as Redis returns them. Scores are
+    event times in whole milliseconds. The scorer decodes a customer's whole
+    window for every request, so the checks are inlined.
 
     Raises:
-        InvalidMemberError: if a member has another layout.
+        InvalidMemberError: if a member has another layout, or its score is not
+            an integer.
     """
     events: list[CustomerEventTuple] = []
     append = events.append
+    loads = orjson.loads
     pairs = iter(flat)
-    for member, score in zip(pairs, pairs, strict=True):
-        transaction_id, terminal_id, amount = _json_array(member, 3)
-        if not (
-            isinstance(transaction_id, str)
-            and isinstance(terminal_id, str)
-            and isinstance(amount, float)
-        ):
-            raise _invalid(member, "[transaction_id, terminal_id, amount]")
-        append((int(float(score)), transaction_id, amount, terminal_id))
+    member: object = None
+    try:
+        for member, score in zip(pairs, pairs, strict=True):
+            fields = loads(member)  # type: ignore[arg-type]
+            if type(fields) is not list or len(fields) != 3:
+                raise _invalid(member, "a JSON array of 3 fields")
+            transaction_id, terminal_id, amount = fields
+            if not (
+                type(transaction_id) is str
+                and type(terminal_id) is str
+                and type(amount) is float
+            ):
+                raise _invalid(member, "[transaction_id, terminal_id, amount]")
+            append((int(score), transaction_id, amount, terminal_id))
+    except InvalidMemberError:
+        raise
+    except ValueError:
+        # The member is not JSON, or its score is not an integer.
+        raise _invalid(member, "a JSON array of 3 fields") from None
     return events
 
 
@@ -166,10 +181,40 @@ def encode_label_member(label: TerminalLabel) -> str:
 
 
 def decode_label_member(member: str | bytes, score: float) -> TerminalLabel:
-    """Decode a member written by :func:`encode_label_member`."""
-    text = member.decode() if isinstance(member, bytes) else member
-    transaction_id, _, fraud = text.rpartition("|")
-    return TerminalLabel(int(score), transaction_id, int(fraud))
+    """Decode a member written by :func:`encode_label_member`.
+
+    Raises:
+        InvalidMemberError: if the member has another layout.
+    """
+    return TerminalLabel(*decode_label_members([member, score])[0])
+
+
+def decode_label_members(
+    flat: Sequence[str | bytes | float],
+) -> list[TerminalLabelTuple]:
+    """Decode ``ZRANGE ... WITHSCORES`` output of a terminal key into label tuples.
+
+    Raises:
+        InvalidMemberError: if a member is not ``transaction_id|fraud`` with a
+            fraud of 0 or 1, or its score is not an integer.
+    """
+    labels: list[TerminalLabelTuple] = []
+    append = labels.append
+    pairs = iter(flat)
+    member: object = None
+    try:
+        for member, score in zip(pairs, pairs, strict=True):
+            text = member.decode() if type(member) is bytes else member
+            transaction_id, _, fraud = text.rpartition("|")  # type: ignore[union-attr]
+            if not transaction_id or fraud not in ("0", "1"):
+                raise _invalid(member, "transaction_id|fraud")
+            append((int(score), transaction_id, int(fraud)))
+    except InvalidMemberError:
+        raise
+    except (AttributeError, UnicodeDecodeError, ValueError):
+        # Not text, or a score that is not an integer.
+        raise _invalid(member, "transaction_id|fraud") from None
+    return labels
 
 
 def _json_array(member: str | bytes | float, length: int) -> list[object]:

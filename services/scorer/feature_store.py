@@ -74,6 +74,7 @@ from fraudcore.store import (
     customer_key,
     decode_customer_members,
     decode_device_members,
+    decode_label_members,
     device_key,
     terminal_key,
 )
@@ -251,8 +252,8 @@ async def read_redis(
     before.
 
     Raises:
-        InvalidMemberError: if a customer or device member, or the segment, has
-            another layout.
+        InvalidMemberError: if a customer, terminal or device member, or the
+            segment, has another layout.
     """
     keys = [
         customer_key(prefix, query.customer_id),
@@ -279,7 +280,7 @@ async def read_redis(
         return RedisReply(None, stored)
     histories = Histories(
         customer=decode_customer_members(events),
-        terminal=_terminal_labels(labels),
+        terminal=decode_label_members(labels),
         device=decode_device_members(devices),
         segment=_segment(segment),
     )
@@ -293,17 +294,6 @@ def _segment(value: bytes | None) -> int | None:
         raise InvalidMemberError(
             "segment hash field is not a decimal integer"
         ) from None
-
-
-def _terminal_labels(flat: list[bytes]) -> list[TerminalLabelTuple]:
-    # Same decoding as fraudcore.store.decode_label_member.
-    labels: list[TerminalLabelTuple] = []
-    append = labels.append
-    pairs = iter(flat)
-    for member, score in zip(pairs, pairs, strict=True):
-        transaction_id, _, fraud = member.rpartition(b"|")
-        append((int(float(score)), transaction_id.decode(), int(fraud)))
-    return labels
 
 
 async def read_postgres(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from fraudcore.features import CustomerEvent, DeviceEvent
+from fraudcore.features import CustomerEvent, DeviceEvent, TerminalLabel
 from fraudcore.store import (
     InvalidMemberError,
     decode_customer_member,
     decode_customer_members,
     decode_device_members,
+    decode_label_members,
     encode_customer_member,
     encode_device_member,
+    encode_label_member,
 )
 
 
@@ -59,9 +61,48 @@ def test_customer_member_other_layout_rejected(member: bytes):
         decode_customer_members([member, b"1"])
 
 
+@pytest.mark.parametrize("score", [b"1712400000000.5", b"1e+17", b"inf"])
+def test_customer_member_fractional_score_rejected(score: bytes):
+    member = encode_customer_member(CustomerEvent(1, "tx", 1.5, "t")).encode()
+
+    with pytest.raises(InvalidMemberError, match="rebuild the store"):
+        decode_customer_members([member, score])
+
+
+def test_customer_member_of_another_type_rejected():
+    with pytest.raises(InvalidMemberError, match="not a JSON array"):
+        decode_customer_members([1.5, b"1"])
+
+
 @pytest.mark.parametrize(
     "member", [b"tx|c", b'["tx", "c", "x"]', b'["tx", 3]', b'["tx", "t", 1.5]']
 )
 def test_device_member_other_layout_rejected(member: bytes):
     with pytest.raises(InvalidMemberError, match="rebuild the store"):
         decode_device_members([member, b"1"])
+
+
+def test_label_members_round_trip():
+    labels = [TerminalLabel(7, "tx|with|bars", 1), TerminalLabel(9, "tx-2", 0)]
+    flat: list[str | bytes | float] = []
+    for label in labels:
+        flat += [encode_label_member(label).encode(), str(label.label_ms).encode()]
+
+    assert decode_label_members(flat) == [tuple(label) for label in labels]
+
+
+@pytest.mark.parametrize(
+    ("member", "score"),
+    [
+        (b"tx", b"1"),
+        (b"tx|2", b"1"),
+        (b"tx|", b"1"),
+        (b"|1", b"1"),
+        (b"\xff|1", b"1"),
+        (b"tx|1", b"1.5"),
+        (1.5, b"1"),
+    ],
+)
+def test_label_member_other_layout_rejected(member: bytes | float, score: bytes):
+    with pytest.raises(InvalidMemberError, match="transaction_id\\|fraud"):
+        decode_label_members([member, score])

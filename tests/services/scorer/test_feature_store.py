@@ -23,7 +23,12 @@ from fraudcore.features import (
     TerminalLabel,
     transaction_features,
 )
-from fraudcore.store import customer_key, device_key, encode_customer_member
+from fraudcore.store import (
+    customer_key,
+    device_key,
+    encode_customer_member,
+    terminal_key,
+)
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from services.scorer.clients import create_pg_pool, create_redis
 from services.scorer.feature_store import HistoryLookup, HistoryQuery
@@ -320,7 +325,7 @@ def test_missing_device_key_is_new_device(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("layout", ["customer", "device"])
+@pytest.mark.parametrize("layout", ["customer", "terminal", "device"])
 def test_invalid_member_falls_back_to_postgres(
     run_scorer: Callable[[ScorerSettings], ServedScorer],
     live_settings: ScorerSettings,
@@ -335,6 +340,9 @@ def test_invalid_member_falls_back_to_postgres(
     if layout == "customer":
         key = customer_key(stores.prefix, stores.customer_id)
         stores.redis.zadd(key, {"old-tx|12.5": EVENT_MS - 1})
+    elif layout == "terminal":
+        key = terminal_key(stores.prefix, stores.terminal_id)
+        stores.redis.zadd(key, {encode_customer_member(events[0]): EVENT_MS - 1})
     else:
         key = device_key(stores.prefix, stores.device_id)
         stores.redis.zadd(key, {encode_customer_member(events[0]): EVENT_MS - 1})
