@@ -76,6 +76,9 @@ class EventPublisher:
             # A Python callback per delivered message costs a GIL hand-off to
             # the poll thread; the backlog gauge already shows delivery.
             "delivery.report.only.error": True,
+            # Set once here rather than in each produce() call, which would
+            # build a bound method per message.
+            "on_delivery": self._on_delivery,
             "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
             "error_cb": self._on_error,
             "logger": LibrdkafkaLog(),
@@ -142,7 +145,6 @@ class EventPublisher:
                 value,
                 key=key.encode(),
                 timestamp=timestamp_ms,
-                on_delivery=self._on_delivery,
             )
         except BufferError:
             self._metrics.child(self._metrics.events, topic, "dropped").inc()
