@@ -18,9 +18,6 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-# A timer that runs this much later than it was due shows that the loop was busy.
-# uvloop's clock has millisecond resolution, so less would catch rounding.
-LATE_SECONDS = 0.002
 # Delay between the checks after the budget has run out.
 RECHECK_SECONDS = 0.001
 # Default of getattr when a task object has no such attribute.
@@ -34,9 +31,10 @@ async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]
     When the budget runs out, the check looks at the calling task. A task that
     no longer waits for a future has its reply, or part of it, and only waits
     for its turn on a busy loop, so the check is repeated ``RECHECK_SECONDS``
-    later. A task still waiting gets one more check when this one ran late,
-    because the loop may not have read its sockets since the reply came.
-    Otherwise the timeout expires, and after ``limit`` seconds in any case.
+    later. A task still waiting gets one more check after the loop has read its
+    sockets again, because uvloop runs due timers before it reads them, so a
+    reply that came in time may still be unread. Otherwise the timeout expires,
+    and after ``limit`` seconds in any case.
 
     Raises:
         TimeoutError: when the timeout expires, as ``asyncio.timeout`` does.
@@ -45,26 +43,32 @@ async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]
     task = asyncio.current_task()
     start = loop.time()
     async with asyncio.timeout_at(start + limit) as timeout:
-        handle: list[asyncio.TimerHandle] = []
-        retried_late = False
+        handle: list[asyncio.Handle] = []
+        rechecked = False
 
-        def check(due: float) -> None:
-            nonlocal retried_late
+        def check() -> None:
+            nonlocal rechecked
             if timeout.expired():
                 return
             now = loop.time()
             if not waits_for_future(task):
-                retried_late = False
-            elif now - due >= LATE_SECONDS and not retried_late:
-                retried_late = True
+                rechecked = False
+                handle[0] = loop.call_at(now + RECHECK_SECONDS, check)
+            elif not rechecked:
+                rechecked = True
+                handle[0] = loop.call_soon(check_after_next_read)
             else:
                 timeout.reschedule(now)
-                return
-            retry = now + RECHECK_SECONDS
-            handle[0] = loop.call_at(retry, check, retry)
 
-        due = start + budget
-        handle.append(loop.call_at(due, check, due))
+        def check_after_next_read() -> None:
+            # On uvloop, a callback scheduled from a timer runs before the loop
+            # reads its sockets, and so may a timer due 1 ms later, because the
+            # loop's clock is read once per iteration. A callback scheduled from
+            # a callback runs after the next read, on uvloop and on asyncio's
+            # own loop.
+            handle[0] = loop.call_soon(check)
+
+        handle.append(loop.call_at(start + budget, check))
         try:
             yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -59,6 +60,49 @@ def test_reply_during_busy_loop_is_read(run: Run) -> None:
     assert run(reply_during_block(lambda: responsive_timeout(0.01, 1.0))) == "features"
     with pytest.raises(TimeoutError):
         run(reply_during_block(lambda: asyncio.timeout(0.01)))
+
+
+class CallbackProtocol(asyncio.Protocol):
+    """Protocol that calls ``on_data`` with the bytes it receives."""
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self.on_data = on_data
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data(data)
+
+
+def test_reply_unread_at_budget_is_read(run: Run) -> None:
+    async def reply_just_before_budget() -> bytes:
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        ours, theirs = socket.socketpair()
+        trigger_in, trigger_out = socket.socketpair()
+
+        def send_reply_then_block(_: bytes) -> None:
+            # Runs while the loop handles socket events. The reply arrives
+            # before the 30 ms budget ends, and the loop is busy until 1 ms
+            # after it, so the timer is due before the loop polls again.
+            theirs.send(b"features")
+            time.sleep(0.028)
+
+        reader, _ = await loop.create_connection(
+            lambda: CallbackProtocol(reply.set_result), sock=ours
+        )
+        trigger, _ = await loop.create_connection(
+            lambda: CallbackProtocol(send_reply_then_block), sock=trigger_in
+        )
+        loop.call_later(0.003, trigger_out.send, b"go")
+        try:
+            async with responsive_timeout(0.030, 1.0):
+                return await reply
+        finally:
+            for closing in (reader, trigger):
+                closing.close()
+            theirs.close()
+            trigger_out.close()
+
+    assert run(reply_just_before_budget()) == b"features"
 
 
 def test_unanswered_call_expires_on_busy_loop(run: Run) -> None:
