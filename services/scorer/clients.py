@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
 
+from services.scorer.redis_client import MultiplexedRedis
 from services.scorer.settings import ScorerSettings
 
 # libpq accepts whole seconds only and treats values below 2 as 2.
@@ -16,48 +13,28 @@ PG_CONNECT_TIMEOUT_SECONDS = 2
 # let the lookup read it, unless FRAUD_REDIS_TIMEOUT_SECONDS is longer. Beyond
 # it a busy worker's responses are late for any caller anyway.
 REDIS_LIMIT_SECONDS = 0.25
+# A connection whose oldest command has had no reply for this long is closed as
+# hung. It is far above any request budget, because replies that came in time
+# also wait while the event loop is busy with other requests.
+REDIS_STALE_SECONDS = 2.0
 
 
-class UnlockedConnectionPool(ConnectionPool):
-    """Connection pool that hands out connections without a lock or a probe.
-
-    redis-py's pool takes one lock for all callers and, holding it, probes each
-    connection for unread data with a zero timeout, which suspends the caller
-    until the next loop iteration. Every command then waits for the commands
-    before it to get their iteration, one at a time: with 32 requests in
-    progress, lookups waited about 30 ms for a connection. Here a connection is
-    taken from the free list in one step, without awaiting, and only connected
-    if it is not. The probe guards against data left by a command that was
-    interrupted mid-reply; redis-py closes such a connection itself.
-    """
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        """Return a connected connection of the pool; pair it with ``release``."""
-        connection: AbstractConnection = self.get_available_connection()
-        try:
-            await connection.connect()
-        except BaseException:
-            await self.release(connection)
-            raise
-        return connection
-
-
-def create_redis(settings: ScorerSettings) -> Redis:
+def create_redis(settings: ScorerSettings) -> MultiplexedRedis:
     """Create the Redis client, which connects on its first command.
 
     Commands are not retried: a failed lookup falls back to PostgreSQL at once.
-    Every caller bounds its commands, connecting included, with a timeout of
-    its own. The socket timeouts are only the longest of them, because they run
-    on the event loop's clock and would expire on a busy loop for replies and
-    connections that came in time.
+    Every caller bounds its commands with a timeout of its own, and connecting
+    is bounded as well, by the longest of them.
+
+    Raises:
+        ValueError: if ``redis_url`` is not a supported Redis URL.
     """
-    pool = UnlockedConnectionPool.from_url(
+    timeout = settings.redis_timeout_seconds
+    return MultiplexedRedis(
         settings.redis_url,
-        socket_timeout=max(settings.redis_timeout_seconds, REDIS_LIMIT_SECONDS),
-        socket_connect_timeout=max(settings.redis_timeout_seconds, REDIS_LIMIT_SECONDS),
-        retry_on_timeout=False,
+        connect_timeout_seconds=max(timeout, REDIS_LIMIT_SECONDS),
+        stale_seconds=max(timeout, REDIS_STALE_SECONDS),
     )
-    return Redis.from_pool(pool)
 
 
 def create_pg_pool(settings: ScorerSettings) -> AsyncConnectionPool:

@@ -49,8 +49,6 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from fraudcore.features import (
@@ -83,6 +81,7 @@ from services.scorer.clients import REDIS_LIMIT_SECONDS
 from services.scorer.event_loop import responsive_timeout
 from services.scorer.logs import ThrottledWarning
 from services.scorer.metrics import ScorerMetrics
+from services.scorer.redis_client import MultiplexedRedis, Script
 from services.scorer.schemas import FeatureSource
 
 logger = logging.getLogger(__name__)
@@ -242,7 +241,7 @@ class ClaimRequest:
 
 
 async def read_redis(
-    script: AsyncScript, prefix: str, query: HistoryQuery, claim: ClaimRequest | None
+    script: Script, prefix: str, query: HistoryQuery, claim: ClaimRequest | None
 ) -> RedisReply:
     """Read the histories, and claim the transaction id, in one round trip.
 
@@ -358,7 +357,7 @@ class HistoryLookup:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: MultiplexedRedis,
         pg_pool: AsyncConnectionPool,
         redis_prefix: str,
         redis_timeout_seconds: float,

@@ -37,12 +37,12 @@ from typing import Any
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 
 from fraudcore.schema import TransactionRecord, encode
 from services.scorer.feature_store import PG_FAILURES, REDIS_FAILURES, ClaimRequest
 from services.scorer.logs import ThrottledWarning
 from services.scorer.metrics import ScorerMetrics
+from services.scorer.redis_client import MultiplexedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class DecisionStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: MultiplexedRedis,
         pg_pool: AsyncConnectionPool,
         writer: DecisionWriter,
         *,
@@ -261,11 +261,16 @@ class DecisionStore:
             return
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for decision in batch:
-                        key = self.key(decision.transaction_id)
-                        pipe.set(key, decision.to_redis(), ex=self._ttl)
-                    await pipe.execute()
+                await self._redis.execute_many(
+                    (
+                        "SET",
+                        self.key(decision.transaction_id),
+                        decision.to_redis(),
+                        "EX",
+                        self._ttl,
+                    )
+                    for decision in batch
+                )
         except REDIS_FAILURES as exc:
             # The markers stay until they are stale; replays then find the
             # decisions in PostgreSQL.

@@ -13,7 +13,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
 
 from services.scorer.admission import Admission
 from services.scorer.auth import ApiKeys
@@ -26,6 +25,7 @@ from services.scorer.idempotency import DecisionStore, DecisionWriter
 from services.scorer.logs import DecisionLog
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.policy import DecisionPolicy
+from services.scorer.redis_client import MultiplexedRedis
 from services.scorer.registry import ServedModel, load_registered_model
 from services.scorer.rollout import (
     Deployed,
@@ -47,7 +47,7 @@ class Runtime:
     """Everything a request handler needs. ``rollout`` is None until a model loads."""
 
     settings: ScorerSettings
-    redis: Redis
+    redis: MultiplexedRedis
     pg_pool: AsyncConnectionPool
     histories: HistoryLookup
     metrics: ScorerMetrics
@@ -186,7 +186,7 @@ async def open_runtime(settings: ScorerSettings, metrics: ScorerMetrics) -> Runt
     )
 
 
-async def warm_up_redis(redis: Redis) -> None:
+async def warm_up_redis(redis: MultiplexedRedis) -> None:
     """Open the first Redis connection now rather than in the first request.
 
     Connecting takes longer than a request's Redis budget. A failure is logged

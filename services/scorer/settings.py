@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from fraudcore.settings import PlatformSettings
+from services.scorer.redis_client import RedisAddress
 
 # Smallest lag limit worth setting: uvloop's clock counts whole milliseconds,
 # so a limit below 2 ms would reject requests on an idle loop.
@@ -18,6 +20,10 @@ DecisionName = Literal["allow", "review", "block"]
 
 class ScorerSettings(PlatformSettings):
     """Server, model, feature-store, events, security and logging options."""
+
+    # The Redis URL and the PostgreSQL DSN may contain passwords, which a
+    # settings error would otherwise print.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65_535)
@@ -110,6 +116,12 @@ class ScorerSettings(PlatformSettings):
     # Adds POST /noop, which reads the body and returns {}: a yardstick of the
     # framework's own cost in benchmarks. Off in production.
     noop_route: bool = False
+
+    @field_validator("redis_url")
+    @classmethod
+    def _supported_redis_url(cls, value: str) -> str:
+        RedisAddress.from_url(value)
+        return value
 
     @field_validator("max_loop_lag_ms")
     @classmethod

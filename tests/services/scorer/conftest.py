@@ -623,15 +623,17 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 class PrivateRedis:
     """A redis-server of one test on a free port, which the test may stop."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str | None = None) -> None:
         self.port = closed_port()
         self.folder = folder
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """Redis URL of the server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """Redis URL of the server, with its password if it has one."""
+        credentials = "" if self.password is None else f":{self.password}@"
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and wait until it replies to PING."""
@@ -640,6 +642,8 @@ class PrivateRedis:
             pytest.skip("redis-server is not installed")
         command = [server, "--bind", "127.0.0.1", "--port", str(self.port)]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        if self.password is not None:
+            command += ["--requirepass", self.password]
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
