@@ -260,13 +260,6 @@ class _EventTimeBuffer:
         return pending
 
 
-def _in_order(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(
-        transactions,
-        key=lambda tx: features.order_key(tx["event_ms"], tx["transaction_id"]),
-    )
-
-
 class _OnlineStoreWrites:
     """Writes one operator's events to Redis in batches, and to the changelog.
 
@@ -385,7 +378,14 @@ class CustomerWindows(KeyedProcessFunction):
             self._writes.flush()
             return
         history: list[CustomerEventTuple] = self._history.value() or []
-        for tx in _in_order(self._pending.pop(timestamp)):
+        # Transactions of the same millisecond count for each other, so all of
+        # them join the history before any one's features are computed.
+        instant = self._pending.pop(timestamp)
+        history += [
+            (tx["event_ms"], tx["transaction_id"], tx["amount"], tx["terminal_id"])
+            for tx in instant
+        ]
+        for tx in instant:
             ms, transaction_id, amount, terminal_id = (
                 tx["event_ms"],
                 tx["transaction_id"],
@@ -397,7 +397,6 @@ class CustomerWindows(KeyedProcessFunction):
             tx |= features.velocity_features(
                 ms, transaction_id, amount, terminal_id, history
             )
-            history.append((ms, transaction_id, amount, terminal_id))
             if tx["device_id"] is None:
                 tx |= features.device_features(
                     ms, transaction_id, tx["customer_id"], None, ()
@@ -432,16 +431,18 @@ class DeviceWindows(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
         history: list[DeviceEventTuple] = self._history.value() or []
-        for tx in _in_order(self._pending.pop(timestamp)):
-            ms, transaction_id, customer_id = (
+        instant = self._pending.pop(timestamp)
+        history += [
+            (tx["event_ms"], tx["transaction_id"], tx["customer_id"]) for tx in instant
+        ]
+        for tx in instant:
+            tx |= features.device_features(
                 tx["event_ms"],
                 tx["transaction_id"],
                 tx["customer_id"],
+                tx["device_id"],
+                history,
             )
-            tx |= features.device_features(
-                ms, transaction_id, customer_id, tx["device_id"], history
-            )
-            history.append((ms, transaction_id, customer_id))
             yield tx
         start = timestamp - features.DEVICE_LOOKBACK_MS - self._allowed_lateness_ms
         self._history.update([event for event in history if event[0] > start])
@@ -495,7 +496,7 @@ class TerminalWindows(KeyedCoProcessFunction):
         # A label known at t counts for a transaction at t, so labels go first.
         known: list[TerminalLabelTuple] = self._known.value() or []
         known.extend(self._pending_labels.pop(timestamp))
-        for tx in _in_order(self._pending_tx.pop(timestamp)):
+        for tx in self._pending_tx.pop(timestamp):
             tx |= features.terminal_features(tx["event_ms"], known)
             tx["TX_AMOUNT"] = tx["amount"]
             yield _feature_row(tx)

@@ -78,7 +78,7 @@ def test_features_job_matches_reference_amounts(compared):
 
 
 def test_features_job_velocity_matches_batch(streamed_span):
-    # Both order ties by (time, id), so same-second ties must match too.
+    # Both count same-millisecond transactions as peers, so ties must match too.
     differing = compare_with_batch(streamed_span, VELOCITY_FEATURES)
     assert differing.empty, differing.head(20)
 
