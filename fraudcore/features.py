@@ -2,8 +2,10 @@
 
 Every function here computes the features of one transaction at its own event
 time ``t`` from the events of its keys, and ignores anything after ``t``. The
-stream job and the scorer call the same functions on the same events, which is
-what keeps online and offline features equal.
+scorer calls them on the events of the online store. The stream job computes
+the same features in Flink SQL generated from the constants below
+(:mod:`streaming.feature_sql`), and the tests compare both with the pandas
+reference of :mod:`streaming.batch_features`.
 
 Semantics follow the fraud-detection handbook's baseline features:
 

@@ -6,7 +6,8 @@ the newest event of the write. Writing the same events again, or in another
 order, leaves the store as writing them once in order does.
 
 The feature job also publishes every write as a changelog record (see
-:func:`encode_change`), which :mod:`streaming.online_loader` applies.
+:func:`encode_change`, and :func:`changelog_query` for the same records in
+Flink SQL), which :mod:`streaming.online_loader` applies.
 """
 
 from __future__ import annotations
@@ -297,6 +298,44 @@ def encode_change(
         event: the event, written as the list of its fields.
     """
     return orjson.dumps({"kind": kind, "key": key, "event": list(event)}).decode()
+
+
+# Changelog kinds, with the event each carries and the SQL view it comes from in
+# changelog_query.
+_CHANGE_SOURCES = (
+    ("customer", "customer_id", CustomerEvent, "transactions", None),
+    ("device", "device_id", DeviceEvent, "transactions", "device_id IS NOT NULL"),
+    ("terminal", "terminal_id", TerminalLabel, "labels", None),
+)
+
+
+def changelog_query(transactions: str, labels: str) -> str:
+    """Return a Flink SQL query of the changelog records of every event.
+
+    Each row is one record in the JSON layout of :func:`encode_change`, built
+    in the JVM: a customer change per transaction, a device change per
+    transaction with a ``device_id``, and a terminal change per label. The event
+    arrays list the event's fields in the order of its named tuple.
+
+    Args:
+        transactions: a view whose columns include those of
+            :class:`~fraudcore.features.CustomerEvent` and
+            :class:`~fraudcore.features.DeviceEvent`, and their keys.
+        labels: a view with the columns of
+            :class:`~fraudcore.features.TerminalLabel` and ``terminal_id``.
+    """
+    views = {"transactions": transactions, "labels": labels}
+    selects = []
+    for kind, key, event_type, view, condition in _CHANGE_SOURCES:
+        fields = ", ".join(f"`{field}`" for field in event_type._fields)
+        select = (
+            f"SELECT JSON_OBJECT('kind' VALUE '{kind}', 'key' VALUE `{key}`, "
+            f"'event' VALUE JSON_ARRAY({fields})) FROM `{views[view]}`"
+        )
+        if condition is not None:
+            select += f" WHERE {condition}"
+        selects.append(select)
+    return " UNION ALL ".join(selects)
 
 
 def apply_change(writer: OnlineStoreWriter, raw: bytes | str) -> None:
