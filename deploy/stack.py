@@ -366,6 +366,26 @@ def create_topics(settings: PlatformSettings) -> None:
         log.info("created topic %s", name)
 
 
+def topic_records(settings: PlatformSettings, topic: str) -> int:
+    """Return how many records a topic holds, from its partitions' offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "count-only"}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        total = 0
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10
+            )
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
 def delete_topics(settings: PlatformSettings, names: list[str]) -> None:
     """Delete the topics of ``names`` that exist and wait until the broker drops them.
 
