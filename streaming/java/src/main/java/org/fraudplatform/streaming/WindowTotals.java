@@ -5,6 +5,7 @@ import org.apache.flink.table.annotation.FunctionHint;
 import org.apache.flink.table.functions.AggregateFunction;
 
 import java.util.Arrays;
+import java.util.stream.IntStream;
 
 /**
  * Count and sum of the events in several windows that end at the newest event.
@@ -30,7 +31,9 @@ public class WindowTotals extends AggregateFunction<Double[], WindowTotals.Rows>
 
     /** The rows of the longest window, oldest first, in parallel arrays. */
     public static final class Rows extends TimeOrderedRows {
+        /** The window lengths as given, and their indexes from the shortest. */
         public long[] windowsMs = new long[0];
+        public int[] byLength = new int[0];
         public int[] weights = new int[INITIAL_CAPACITY];
         public double[] values = new double[INITIAL_CAPACITY];
 
@@ -48,9 +51,15 @@ public class WindowTotals extends AggregateFunction<Double[], WindowTotals.Rows>
 
     public void accumulate(Rows rows, Long eventMs, Integer weight, Double value, Long[] windowsMs) {
         if (rows.windowsMs.length == 0) {
-            rows.windowsMs = Arrays.stream(windowsMs).mapToLong(Long::longValue).sorted().toArray();
+            long[] lengths = Arrays.stream(windowsMs).mapToLong(Long::longValue).toArray();
+            rows.windowsMs = lengths;
+            rows.byLength = IntStream.range(0, lengths.length)
+                    .boxed()
+                    .sorted((a, b) -> Long.compare(lengths[a], lengths[b]))
+                    .mapToInt(Integer::intValue)
+                    .toArray();
         }
-        rows.advance(eventMs, rows.windowsMs[rows.windowsMs.length - 1]);
+        rows.advance(eventMs, rows.windowsMs[rows.byLength[rows.byLength.length - 1]]);
         if (weight != 0) {
             int index = rows.append(eventMs);
             rows.weights[index] = weight;
@@ -60,15 +69,13 @@ public class WindowTotals extends AggregateFunction<Double[], WindowTotals.Rows>
 
     @Override
     public Double[] getValue(Rows rows) {
-        long[] windowsMs = rows.windowsMs;
-        Double[] totals = new Double[2 * windowsMs.length];
+        Double[] totals = new Double[2 * rows.windowsMs.length];
         ExactSum sum = new ExactSum();
         long weight = 0;
         int row = rows.end - 1;
-        // The windows are sorted by length, so one pass from the newest row
-        // closes them in order.
-        for (int window = 0; window < windowsMs.length; window++) {
-            long start = rows.newestMs - windowsMs[window];
+        // One pass from the newest row closes the windows from the shortest.
+        for (int window : rows.byLength) {
+            long start = rows.newestMs - rows.windowsMs[window];
             for (; row >= rows.first && rows.times[row] > start; row--) {
                 weight += rows.weights[row];
                 sum.add(rows.values[row]);
