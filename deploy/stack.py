@@ -20,12 +20,15 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import pyflink
 
 from fraudcore.settings import REPO_ROOT, PlatformSettings
 
@@ -106,10 +109,57 @@ def resolve_jars(pom: Path, target: Path) -> list[Path]:
 
 
 def flink_jars(settings: PlatformSettings) -> list[Path]:
-    """Return the connector jars of the PyFlink jobs, resolving them if needed."""
+    """Return the jars of the PyFlink jobs: the connectors and the job's functions.
+
+    The connectors are resolved and the functions compiled when missing.
+    """
     paths = Paths(settings.state_dir)
     pom = REPO_ROOT / "deploy" / "local" / "flink-pom.xml"
-    return resolve_jars(pom, paths.jars / "flink")
+    connectors = resolve_jars(pom, paths.jars / "flink")
+    return [*connectors, function_jar(paths.jars / "functions")]
+
+
+FUNCTION_SOURCES = REPO_ROOT / "streaming" / "java" / "src" / "main" / "java"
+FUNCTION_JAR = "fraud-functions.jar"
+
+
+def function_jar(target: Path) -> Path:
+    """Return the jar of the feature job's Java functions, compiled when stale.
+
+    The sources in ``streaming/java`` are compiled with ``javac`` against the
+    Flink jars of the installed PyFlink, so they match the Flink that runs them.
+    As with ``make``, the jar is stale when a source is newer than it.
+
+    Raises:
+        StackError: if ``javac`` or ``jar`` fails; its output is in the message.
+    """
+    sources = sorted(FUNCTION_SOURCES.rglob("*.java"))
+    jar = target / FUNCTION_JAR
+    newest_source = max(source.stat().st_mtime for source in sources)
+    if jar.exists() and jar.stat().st_mtime >= newest_source:
+        return jar
+    log.info("compiling the feature job's functions into %s", jar)
+    target.mkdir(parents=True, exist_ok=True)
+    flink_lib = Path(pyflink.__file__).resolve().parent / "lib"
+    # Built aside and renamed, so that a job starting meanwhile never loads a
+    # half-written jar.
+    with tempfile.TemporaryDirectory(dir=target) as build:
+        classes, built = Path(build) / "classes", Path(build) / FUNCTION_JAR
+        for command in (
+            ["javac", "--release", "17", "-cp", f"{flink_lib}/*", "-d", str(classes)]
+            + [str(source) for source in sources],
+            ["jar", "--create", "--file", str(built), "-C", str(classes), "."],
+        ):
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                raise StackError(
+                    f"{command[0]} failed for {FUNCTION_SOURCES}: "
+                    f"{result.stdout}{result.stderr}"
+                )
+        os.replace(built, jar)
+    return jar
 
 
 # Servers this process started, kept so that their exit can be seen (and
@@ -314,6 +364,26 @@ def create_topics(settings: PlatformSettings) -> None:
     for name, future in admin.create_topics(missing).items() if missing else []:
         future.result(timeout=30)
         log.info("created topic %s", name)
+
+
+def topic_records(settings: PlatformSettings, topic: str) -> int:
+    """Return how many records a topic holds, from its partitions' offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "count-only"}
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        total = 0
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10
+            )
+            total += high - low
+        return total
+    finally:
+        consumer.close()
 
 
 def delete_topics(settings: PlatformSettings, names: list[str]) -> None:

@@ -145,24 +145,10 @@ def _report_rejected_events(settings: PlatformSettings) -> None:
     Those events have no offline row, and the topics are deleted with the
     refresh's other topics, so their counts are kept in the log.
     """
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "count-only"}
-    )
-    try:
-        for topic in (settings.late_events_topic, settings.dead_letter_topic):
-            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-            count = 0
-            for partition in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                count += high - low
-            if count:
-                log.warning("the feature job sent %d events to %s", count, topic)
-    finally:
-        consumer.close()
+    for topic in (settings.late_events_topic, settings.dead_letter_topic):
+        count = stack.topic_records(settings, topic)
+        if count:
+            log.warning("the feature job sent %d events to %s", count, topic)
 
 
 def _with_process_environment(extra: dict[str, str]) -> dict[str, str]:

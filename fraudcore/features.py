@@ -1,9 +1,11 @@
 """Feature definitions shared by the stream job, the training job and the scorer.
 
 Every function here computes the features of one transaction at its own event
-time ``t`` from the events of its keys, and ignores anything ordered after the
-transaction. The stream job and the scorer call the same functions on the same
-events, which is what keeps online and offline features equal.
+time ``t`` from the events of its keys, and ignores anything after ``t``. The
+scorer calls them on the events of the online store. The stream job computes
+the same features in Flink SQL generated from the constants below
+(:mod:`streaming.feature_sql`), and the tests compare both with the pandas
+reference of :mod:`streaming.batch_features`.
 
 Semantics follow the fraud-detection handbook's baseline features:
 
@@ -21,8 +23,10 @@ Velocity and device features extend the baseline with the same window rules:
 * the device's transactions in ``(t - 1 day, t]`` and its distinct customers in
   ``(t - 7 days, t]``, for transactions that carry a ``device_id``.
 
-"Previous" and "before" mean earlier in :func:`order_key`, and every count
-includes the current transaction.
+Every count includes the current transaction. Transactions of one key in the same
+millisecond are peers, as rows with equal times are in a SQL ``RANGE`` window:
+each one's windows contain all of them, and the seconds since the previous
+transaction are 0 when a peer exists (:func:`counts_event`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, tzinfo
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fraudcore.timeutil import MS_PER_DAY, utc_datetime
 
@@ -140,26 +144,20 @@ class DeviceEvent(NamedTuple):
     customer_id: str
 
 
-def order_key(event_ms: int, transaction_id: str) -> tuple[int, int, str]:
-    """Return the total order of transactions: event time, then identifier.
+def counts_event(event_ms: int, transaction_id: str, event: tuple[Any, ...]) -> bool:
+    """Return whether the transaction at ``event_ms`` counts ``event`` of its keys.
 
-    Identifiers compare by length first so that decimal identifiers sort as numbers.
-    Several transactions of one customer in the same millisecond are ordered by it.
+    It counts every event up to its own time, other transactions of the same
+    millisecond included, and not its own stored copy (the same identifier).
     """
-    return (event_ms, len(transaction_id), transaction_id)
+    return event[0] < event_ms or (event[0] == event_ms and event[1] != transaction_id)
 
 
-def _ordered_before(
+def _counted_events(
     event_ms: int, transaction_id: str, events: Iterable[EventT]
 ) -> list[EventT]:
-    """Return the events ordered before the transaction by :func:`order_key`."""
-    current = order_key(event_ms, transaction_id)
-    return [
-        event
-        for event in events
-        if event[0] < event_ms
-        or (event[0] == event_ms and order_key(event[0], event[1]) < current)
-    ]
+    """Return the events that the transaction counts, by :func:`counts_event`."""
+    return [event for event in events if counts_event(event_ms, transaction_id, event)]
 
 
 def calendar_features(event_ms: int, zone: tzinfo = UTC) -> dict[str, float]:
@@ -181,12 +179,13 @@ def customer_features(
 
     ``history`` may contain the current transaction and events after it; both are
     skipped, and the current transaction is counted once from its own arguments.
+    Transactions in the same millisecond count for each other.
     """
-    earlier = _ordered_before(event_ms, transaction_id, history)
+    counted = _counted_events(event_ms, transaction_id, history)
     result: dict[str, float] = {}
     for days in WINDOW_DAYS:
         start = event_ms - days * MS_PER_DAY
-        amounts = [event[2] for event in earlier if event[0] > start]
+        amounts = [event[2] for event in counted if event[0] > start]
         amounts.append(amount)
         result[f"CUSTOMER_ID_NB_TX_{days}DAY_WINDOW"] = float(len(amounts))
         # fsum is exactly rounded, so the mean does not depend on event order.
@@ -206,14 +205,15 @@ def velocity_features(
     """Compute the customer's velocity features at ``event_ms``.
 
     They are the seconds since the previous transaction in the longest window
-    (:data:`NO_PREVIOUS_TX_SECONDS` without one), ``amount`` over the 30-day mean
-    amount that :func:`customer_features` returns, and the distinct terminals of
-    the 1-day window. ``history`` is read as in :func:`customer_features`.
+    (:data:`NO_PREVIOUS_TX_SECONDS` without one, 0 when another transaction has
+    the same millisecond), ``amount`` over the 30-day mean amount that
+    :func:`customer_features` returns, and the distinct terminals of the 1-day
+    window. ``history`` is read as in :func:`customer_features`.
     """
     start = event_ms - LONGEST_WINDOW_MS
     window = [
         event
-        for event in _ordered_before(event_ms, transaction_id, history)
+        for event in _counted_events(event_ms, transaction_id, history)
         if event[0] > start
     ]
     previous_ms = max((event[0] for event in window), default=None)
@@ -248,15 +248,15 @@ def device_features(
 
     Both are :data:`NO_DEVICE_COUNT` when ``device_id`` is None. ``history``
     contains the device's events and may contain the current transaction and
-    events after it, which are skipped.
+    events after it, which are skipped. Events of the same millisecond count.
     """
     if device_id is None:
         return dict.fromkeys(DEVICE_FEATURES, NO_DEVICE_COUNT)
-    earlier = _ordered_before(event_ms, transaction_id, history)
+    counted = _counted_events(event_ms, transaction_id, history)
     tx_start = event_ms - DEVICE_TX_WINDOW_DAYS * MS_PER_DAY
     customer_start = event_ms - DEVICE_CUSTOMER_WINDOW_DAYS * MS_PER_DAY
-    transactions = 1 + sum(1 for event in earlier if event[0] > tx_start)
-    customers = {event[2] for event in earlier if event[0] > customer_start}
+    transactions = 1 + sum(1 for event in counted if event[0] > tx_start)
+    customers = {event[2] for event in counted if event[0] > customer_start}
     customers.add(customer_id)
     return {
         "DEVICE_ID_NB_TX_1DAY_WINDOW": float(transactions),

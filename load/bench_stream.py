@@ -5,7 +5,8 @@ Measures, in one run on this machine:
 * the pandas batch reference computing the features of every transaction;
 * the replay of every transaction and label into Kafka, and the PyFlink job
   consuming them into Redis, PostgreSQL and Parquet (bounded), with the resident
-  memory of the job's processes sampled every two seconds;
+  memory and CPU time of the job's processes sampled every two seconds, and the
+  records it sent to the late-events and dead-letter topics;
 * freshness at a steady rate: each transaction produced with the wall clock as
   its event time, and the time until its event is visible in Redis, recorded in
   a Prometheus histogram (``reports/bench/freshness.prom``).
@@ -76,6 +77,18 @@ def process_tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user and system) of a process and its descendants."""
+    ticks = 0
+    for child in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _descendants(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -111,6 +124,8 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
     log_path = settings.offline_store.parent / "job.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     samples: list[tuple[float, float]] = []
+    cpu_seconds = 0.0
+    load_at_start = os.getloadavg()
     started = time.perf_counter()
     with log_path.open("w") as output:
         job = subprocess.Popen(
@@ -120,6 +135,7 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
             samples.append(
                 (time.perf_counter() - started, process_tree_rss_mb(job.pid))
             )
+            cpu_seconds = max(cpu_seconds, process_tree_cpu_seconds(job.pid))
             time.sleep(2)
     seconds = time.perf_counter() - started
     if job.returncode != 0:
@@ -131,8 +147,21 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
         "replay_seconds": round(replay_seconds, 1),
         "seconds": round(seconds, 1),
         "events_per_second": round(events / seconds),
+        # Sampled with the memory, so up to one interval short of the total.
+        "cpu_seconds": round(cpu_seconds, 1),
+        "late_events": stack.topic_records(settings, settings.late_events_topic),
+        "dead_letters": stack.topic_records(settings, settings.dead_letter_topic),
         "memory_mib": _memory_summary(samples),
+        "load_average": _load_averages(load_at_start),
         "settings": settings,
+    }
+
+
+def _load_averages(at_start: tuple[float, float, float]) -> dict[str, list[float]]:
+    """Return the 1-, 5- and 15-minute load averages at the start and now."""
+    return {
+        "start": [round(value, 2) for value in at_start],
+        "end": [round(value, 2) for value in os.getloadavg()],
     }
 
 
@@ -157,6 +186,7 @@ def measure_freshness(
     stack.create_topics(settings)
     log_path = settings.offline_store.parent / "job.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()
     with log_path.open("w") as output:
         job = subprocess.Popen(
             [sys.executable, "-m", "streaming.features_job"],
@@ -170,7 +200,9 @@ def measure_freshness(
         finally:
             job.terminate()
             job.wait(timeout=60)
-    return _freshness_report(latencies, rate, seconds)
+    report = _freshness_report(latencies, rate, seconds)
+    report["load_average"] = _load_averages(load_at_start)
+    return report
 
 
 def _wait_until_consuming(settings: PlatformSettings) -> None:
@@ -330,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.days:
             first = frame["TX_DATETIME"].min().normalize()
             frame = frame[frame["TX_DATETIME"] < first + pd.Timedelta(days=args.days)]
+        reference_load = os.getloadavg()
         reference_seconds = measure_reference(frame)
+        reference_load_average = _load_averages(reference_load)
         log.info("pandas reference: %.1f s", reference_seconds)
         stream = measure_stream(base, frame)
         stream.pop("settings")
@@ -341,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores",
         **stream,
         "reference_seconds": round(reference_seconds, 1),
+        "reference_load_average": reference_load_average,
         "ratio_to_reference": round(stream["seconds"] / reference_seconds, 2),
         "freshness": freshness,
     }

@@ -56,17 +56,54 @@ def batch_features(transactions: pd.DataFrame) -> pd.DataFrame:
     return result[["TRANSACTION_ID", *MODEL_INPUTS]]
 
 
+def _by_key(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    return frame.sort_values([key, "TX_DATETIME", "TRANSACTION_ID"], kind="stable")
+
+
+def _time_keys(ordered: pd.DataFrame, key: str, span_ms: int) -> IntArray:
+    """Return one rising integer per row of ``ordered`` that orders (key, time).
+
+    Times rise within a key, and keys follow each other, so one sorted array of
+    these serves every key's searches for times up to ``span_ms`` apart.
+    """
+    group = ordered.groupby(key, sort=False).ngroup().to_numpy()
+    times = ordered["TX_DATETIME"].to_numpy("datetime64[ms]").astype(np.int64)
+    span = int(times.max() - times.min()) + span_ms + 1
+    return group * span + (times - times.min())
+
+
+def _peer_bounds(ordered: pd.DataFrame, key: str) -> tuple[IntArray, IntArray]:
+    """Return the first and last position of each row's same-time peers.
+
+    Peers are the rows of ``ordered`` with the row's key and time. A row
+    without any is its own first and last peer.
+    """
+    keys = _time_keys(ordered, key, 0)
+    first = np.searchsorted(keys, keys, side="left")
+    last = np.searchsorted(keys, keys, side="right") - 1
+    return first, last
+
+
 def _rolling(
-    frame: pd.DataFrame, key: str, value: str, window: str
+    frame: pd.DataFrame, key: str, value: str, window: str, peers: bool = True
 ) -> tuple[pd.Series, pd.Series]:
-    """Return the rolling count and sum of ``value`` per ``key``, in frame order."""
-    ordered = frame.sort_values([key, "TX_DATETIME", "TRANSACTION_ID"], kind="stable")
+    """Return the rolling count and sum of ``value`` per ``key``, in frame order.
+
+    A pandas window ends at its own row. With ``peers``, every row takes the
+    values of its last same-time peer, whose window contains all of them.
+    """
+    ordered = _by_key(frame, key)
     # Sorted by key, the groups come out contiguous and in row order, so the
     # rolling results line up with ``ordered`` row for row.
     rolled = ordered.set_index("TX_DATETIME").groupby(key, sort=False)[value]
     rolled = rolled.rolling(window)
-    count = pd.Series(rolled.count().to_numpy(), index=ordered.index)
-    total = pd.Series(rolled.sum().to_numpy(), index=ordered.index)
+    counts = rolled.count().to_numpy()
+    totals = rolled.sum().to_numpy()
+    if peers:
+        _, last = _peer_bounds(ordered, key)
+        counts, totals = counts[last], totals[last]
+    count = pd.Series(counts, index=ordered.index)
+    total = pd.Series(totals, index=ordered.index)
     return count.reindex(frame.index), total.reindex(frame.index)
 
 
@@ -81,14 +118,15 @@ def _customer_windows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _terminal_windows(frame: pd.DataFrame) -> pd.DataFrame:
     # Transactions in (t - delay - n days, t - delay] are the difference of the
-    # windows ending at t with lengths delay + n and delay.
+    # windows ending at t with lengths delay + n and delay. Both windows end at
+    # the same row, so its same-time peers cancel out and need no spreading.
     delayed_count, delayed_frauds = _rolling(
-        frame, "TERMINAL_ID", "TX_FRAUD", f"{LABEL_DELAY_DAYS}D"
+        frame, "TERMINAL_ID", "TX_FRAUD", f"{LABEL_DELAY_DAYS}D", peers=False
     )
     columns = {}
     for days in WINDOW_DAYS:
         span = f"{LABEL_DELAY_DAYS + days}D"
-        count, frauds = _rolling(frame, "TERMINAL_ID", "TX_FRAUD", span)
+        count, frauds = _rolling(frame, "TERMINAL_ID", "TX_FRAUD", span, peers=False)
         window_count = count - delayed_count
         window_frauds = frauds - delayed_frauds
         risk = (window_frauds / window_count.where(window_count > 0)).fillna(0.0)
@@ -98,10 +136,11 @@ def _terminal_windows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _velocity(frame: pd.DataFrame, customer: pd.DataFrame) -> pd.DataFrame:
-    ordered = frame.sort_values(
-        ["CUSTOMER_ID", "TX_DATETIME", "TRANSACTION_ID"], kind="stable"
-    )
+    ordered = _by_key(frame, "CUSTOMER_ID")
     gap = ordered.groupby("CUSTOMER_ID", sort=False)["TX_DATETIME"].diff()
+    # A same-time peer is the previous transaction of every row it ties with.
+    first, last = _peer_bounds(ordered, "CUSTOMER_ID")
+    gap = gap.mask(first != last, pd.Timedelta(0))
     seconds = gap.dt.total_seconds()
     longest = pd.Timedelta(days=max(WINDOW_DAYS))
     # Only a previous transaction inside the longest window counts.
@@ -145,20 +184,15 @@ def _distinct_in_window(
 ) -> pd.Series:
     """Count the distinct ``value`` of each row's ``key`` over ``(t - days, t]``.
 
-    Only rows of the key up to the row itself, in (time, id) order, count. Each
-    row counts once for every later row of its key until the next row with the
-    same value, or until it leaves the window, whichever comes first. Those
-    spans are added up as +1/-1 steps and a running sum.
+    Counting in row order, each row counts once for every later row of its key
+    until the next row with the same value, or until it leaves the window,
+    whichever comes first. Those spans are added up as +1/-1 steps and a
+    running sum. Every row then takes the count of its last same-time peer,
+    which has seen all of them.
     """
-    ordered = frame.sort_values([key, "TX_DATETIME", "TRANSACTION_ID"], kind="stable")
+    ordered = _by_key(frame, key)
     rows = np.arange(len(ordered))
-    group = ordered.groupby(key, sort=False).ngroup().to_numpy()
-    times = ordered["TX_DATETIME"].to_numpy("datetime64[ms]").astype(np.int64)
-
-    # Times rise within a group, and groups follow each other, so one sorted array
-    # of (group, time) pairs serves every group's search.
-    span = int(times.max() - times.min()) + days * 86_400_000 + 1
-    keys = group * span + (times - times.min())
+    keys = _time_keys(ordered, key, days * 86_400_000)
     left_window = np.searchsorted(keys, keys + days * 86_400_000, side="left")
 
     pair = ordered.groupby([key, value], sort=False).ngroup().to_numpy()
@@ -170,4 +204,5 @@ def _distinct_in_window(
     np.add.at(steps, rows, 1)
     np.add.at(steps, ends, -1)
     counts = np.cumsum(steps[:-1]).astype(float)
-    return pd.Series(counts, index=ordered.index).reindex(frame.index)
+    _, last = _peer_bounds(ordered, key)
+    return pd.Series(counts[last], index=ordered.index).reindex(frame.index)

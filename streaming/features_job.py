@@ -2,30 +2,30 @@
 
 Topology::
 
-    transactions ─ parse ─ keyBy(customer) ─ CustomerWindows ─────────────┐
-                                                 └ with device_id:          │
-                                                   keyBy(device) ─ DeviceWindows
-                                                                            │
-                                                          union, keyBy(terminal)
-    labels ─────── parse ─┬─ keyBy(terminal) ──────────────────── TerminalWindows
-                          └─ offline store: labels/dt=…                     │
-                                                    offline store: features/dt=…
+    transactions ─┐                 ┌─ Redis, as each event arrives
+                  ├─ parse records ─┼─ dead letters, late events
+    labels ───────┘    (Python)     ├─ online-store changelog (SQL, transactional)
+                                    ├─ offline labels/dt=…
+                                    └─ SQL windows by customer, device and
+                                       terminal ─ offline features/dt=…
 
-CustomerWindows writes each transaction (to its customer's and its device's
-events), and TerminalWindows each label, to Redis as it arrives. Both also
-publish the same write to the online-store changelog through a transactional
-sink that commits at checkpoints. The loader of :mod:`streaming.online_loader`
-applies the committed changelog to PostgreSQL and Redis, so both stores survive
-a crash of the job as if it had not happened. Transactions without a device_id
-get the device features' default in CustomerWindows and skip DeviceWindows.
-Invalid records go to the dead-letter topic, and events too far behind the
-watermark to the late-events topic (see docs/streaming.md).
+``parse records`` validates each record of both topics, sends invalid ones to
+the dead-letter topic and events at or behind the watermark to the late-events
+topic. It writes every other event to Redis in batches, so that the scorer can
+read it at once, and passes it on as a typed row. The windows are Flink SQL
+``OVER`` aggregations with Java aggregate functions
+(:mod:`streaming.feature_sql`), which emit a transaction's offline row once the
+watermark passes its event time. The changelog of online-store writes goes to
+Kafka through a transactional sink that commits at checkpoints, and the loader of
+:mod:`streaming.online_loader` applies it to PostgreSQL and Redis, so both
+stores survive a crash of the job as if it had not happened (see
+docs/streaming.md).
 
-The window operators buffer their input until the watermark passes its event
-time and then process it in event-time order, so a transaction's features never
-include anything that happened after it, whatever order Kafka delivered it in.
 The watermarks come from the Kafka record timestamps, which producers set to the
-event time.
+event time, and trail them by the out-of-orderness bound plus the allowed
+lateness. Every event within that bound is therefore processed in event-time
+order, and a transaction's features never include anything after it, whatever
+order Kafka delivered it in.
 
 Run locally (embedded cluster) with ``python -m streaming.features_job``, which
 also runs a loader in a thread; ``--from-checkpoint latest`` resumes from the
@@ -46,7 +46,8 @@ import logging
 import os
 import sys
 import sysconfig
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,10 @@ from pydantic_settings import SettingsConfigDict
 from pyflink.common import Configuration, Duration, Row, Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream import (
-    KeyedCoProcessFunction,
-    KeyedProcessFunction,
+    CoProcessFunction,
     OutputTag,
-    ProcessFunction,
     RuntimeContext,
     StreamExecutionEnvironment,
-    TimeDomain,
 )
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -72,42 +70,30 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSink,
     KafkaSource,
 )
-from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
-from pyflink.table import StatementSet, StreamTableEnvironment
+from pyflink.table import Schema, StatementSet, StreamTableEnvironment
 
 from fraudcore import features
-from fraudcore.features import (
-    CustomerEvent,
-    CustomerEventTuple,
-    DeviceEvent,
-    DeviceEventTuple,
-    TerminalLabel,
-    TerminalLabelTuple,
-)
-from fraudcore.schema import decode_label, decode_transaction
+from fraudcore.features import CustomerEvent, DeviceEvent, TerminalLabel
+from fraudcore.schema import LabelRecord, decode_label, decode_transaction
 from fraudcore.settings import REPO_ROOT
-from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms, parse_timestamp_ms
-from streaming import job_metrics
+from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
+from streaming import feature_sql, job_metrics
 from streaming.job_metrics import free_port
 from streaming.online_loader import LoaderSettings, start_in_thread
-from streaming.online_writer import OnlineStoreWriter, encode_change, ensure_schema
+from streaming.online_writer import OnlineStoreWriter, changelog_query, ensure_schema
 
 log = logging.getLogger(__name__)
 
-LONGEST_WINDOW_MS = max(features.WINDOW_DAYS) * MS_PER_DAY
-
-FEATURE_ROW = Types.ROW_NAMED(
-    ["transaction_id", "customer_id", "terminal_id", "event_ms", "device_id"]
-    + list(features.MODEL_INPUTS)
-    + ["dt"],
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()]
-    + [Types.DOUBLE()] * len(features.MODEL_INPUTS)
-    + [Types.STRING()],
+# Rows the parser hands to SQL, in the columns that streaming.feature_sql reads.
+TRANSACTION_FIELDS = Types.ROW_NAMED(
+    list(feature_sql.TRANSACTION_COLUMNS),
+    [Types.STRING()] * 4
+    + [Types.DOUBLE(), Types.LONG()]
+    + [Types.DOUBLE()] * len(features.CALENDAR_FEATURES),
 )
-LABEL_ROW = Types.ROW_NAMED(
-    ["transaction_id", "customer_id", "terminal_id", "transaction_ms", "label_ms"]
-    + ["fraud", "dt"],
-    [Types.STRING()] * 3 + [Types.LONG()] * 2 + [Types.INT(), Types.STRING()],
+LABEL_FIELDS = Types.ROW_NAMED(
+    list(feature_sql.LABEL_COLUMNS),
+    [Types.STRING()] * 3 + [Types.LONG()] * 2 + [Types.INT()],
 )
 
 
@@ -124,11 +110,12 @@ class StreamJobSettings(LoaderSettings):
     out_of_orderness_ms: int = 5_000
     # A partition that sends nothing for this long no longer holds back watermarks.
     idle_timeout_ms: int = 10_000
-    # Events this far behind the watermark still count for the transactions
-    # processed after them; events further behind go to the late-events topic.
+    # How much further behind the newest event an event may be and still count
+    # for every transaction after it. The watermark trails by this much on top
+    # of the out-of-orderness, so offline rows are written that much later.
     allowed_lateness_ms: int = 3_600_000
     # Events buffered before the Redis writer flushes a batch; a partial batch
-    # is flushed after writer_flush_ms of processing time.
+    # is flushed after at most writer_flush_ms of processing time.
     writer_batch_size: int = 1_000
     writer_flush_ms: int = 200
     # Address and port of the job's Prometheus endpoint; port 0 serves none.
@@ -141,42 +128,7 @@ class StreamJobSettings(LoaderSettings):
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 LATE_EVENTS = OutputTag("late-events", Types.STRING())
-ONLINE_CHANGES = OutputTag("online-changes", Types.STRING())
-WITH_DEVICE = OutputTag("with-device", Types.PICKLED_BYTE_ARRAY())
-
-
-def transaction_fields(raw: bytes) -> dict[str, Any]:
-    """Validate one transaction record and return the fields the job uses.
-
-    Raises:
-        ValueError: with a one-sentence reason when the record is invalid.
-    """
-    record = decode_transaction(raw)
-    return {
-        "transaction_id": record.transaction_id,
-        "customer_id": record.customer_id,
-        "terminal_id": record.terminal_id,
-        "amount": record.amount,
-        "event_ms": record.event_ms,
-        "device_id": record.device_id,
-    }
-
-
-def label_fields(raw: bytes) -> dict[str, Any]:
-    """Validate one label record and return the fields the job uses.
-
-    Raises:
-        ValueError: with a one-sentence reason when the record is invalid.
-    """
-    record = decode_label(raw)
-    return {
-        "transaction_id": record.transaction_id,
-        "customer_id": record.customer_id,
-        "terminal_id": record.terminal_id,
-        "transaction_ms": parse_timestamp_ms(record.transaction_timestamp),
-        "label_ms": record.event_ms,
-        "fraud": record.fraud,
-    }
+LABEL_ROWS = OutputTag("label-rows", LABEL_FIELDS)
 
 
 def dead_letter(source_topic: str, raw: bytes, reason: str) -> str:
@@ -196,335 +148,231 @@ def dead_letter(source_topic: str, raw: bytes, reason: str) -> str:
     ).decode()
 
 
-class ParseRecords(ProcessFunction):
-    """Validates raw records; invalid ones go to the dead-letter side output.
-
-    Args:
-        source_topic: topic the records come from, named in dead letters.
-        kind: ``"transaction"`` or ``"label"``.
-    """
-
-    def __init__(self, source_topic: str, kind: str) -> None:
-        self._source_topic = source_topic
-        self._parse = transaction_fields if kind == "transaction" else label_fields
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        metrics = runtime_context.get_metrics_group()
-        self._rejected = metrics.counter("dead_letter_records")
-
-    def process_element(self, value: bytes, ctx: Any) -> Iterator[Any]:
-        try:
-            yield self._parse(value)
-        except ValueError as exc:
-            self._rejected.inc()
-            yield DEAD_LETTERS, dead_letter(self._source_topic, value, str(exc))
-
-
 def late_event(kind: str, fields: dict[str, Any], event_ms: int, watermark: int) -> str:
-    """Build the late-events record of an event behind the watermark."""
+    """Build the late-events record of an event at or behind the watermark."""
     return orjson.dumps(
         {
             "kind": kind,
             "reason": f"event time {format_timestamp_ms(event_ms)} is "
             f"{watermark - event_ms} ms behind the watermark "
-            f"{format_timestamp_ms(watermark)}",
+            f"{format_timestamp_ms(watermark)}, which trails the newest events "
+            "by the out-of-orderness bound plus the allowed lateness",
             "event": fields,
         }
     ).decode()
 
 
-def day_partition(epoch_ms: int) -> str:
-    """Return the UTC day of an event time, the offline store's partition value."""
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
-
-
-# --- window operators ----------------------------------------------------------
-
-
-class _EventTimeBuffer:
-    """Per-key buffer of events waiting for the watermark to pass their time."""
-
-    def __init__(self, ctx: RuntimeContext, name: str) -> None:
-        descriptor = MapStateDescriptor(name, Types.LONG(), Types.PICKLED_BYTE_ARRAY())
-        self._state = ctx.get_map_state(descriptor)
-
-    def add(self, event_ms: int, event: Any) -> None:
-        pending = self._state.get(event_ms) or []
-        pending.append(event)
-        self._state.put(event_ms, pending)
-
-    def pop(self, event_ms: int) -> list[Any]:
-        pending = self._state.get(event_ms) or []
-        if pending:
-            self._state.remove(event_ms)
-        return pending
-
-
-def _in_order(transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(
-        transactions,
-        key=lambda tx: features.order_key(tx["event_ms"], tx["transaction_id"]),
-    )
-
-
 class _OnlineStoreWrites:
-    """Writes one operator's events to Redis in batches, and to the changelog.
+    """Writes an operator's events to Redis in batches, from a thread of its own.
 
-    A batch is flushed when it is full, or ``writer_flush_ms`` of processing time
-    after its first event, whichever comes first. Python operators get no call
-    at checkpoints, so a batch still buffered when the job dies is lost from
-    Redis. Its changelog records commit with the checkpoint and restore it.
+    The operator only queues events. The thread writes a batch as soon as it is
+    full and a partial one every ``writer_flush_ms``, so the operator goes on
+    parsing while Redis answers, and no timer is needed (a non-keyed operator
+    cannot register one). The operator waits when ``MAX_QUEUED_BATCHES`` are
+    queued, which passes Redis's pace back to the sources.
+
+    Python operators get no call at checkpoints, so events still queued when
+    the job dies are lost from Redis. The changelog, which commits with the
+    checkpoints, restores them through the loader.
     """
+
+    MAX_QUEUED_BATCHES = 4
 
     def __init__(self, settings: StreamJobSettings) -> None:
         self._redis_url = settings.redis_url
         self._prefix = settings.redis_prefix
         self._batch_size = settings.writer_batch_size
-        self._flush_ms = settings.writer_flush_ms
-        self.writer: OnlineStoreWriter | None = None
+        self._flush_seconds = settings.writer_flush_ms / 1000
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def open(self) -> None:
-        self.writer = OnlineStoreWriter(self._redis_url, None, self._prefix)
+    def open(self, name: str) -> None:
+        # Created here rather than in __init__, because the function is
+        # pickled to reach the task, and locks cannot be.
+        self._changed = threading.Condition(threading.Lock())
+        self._closing = False
+        # Two writers: the operator fills one while the thread writes the other.
+        self._writers = [
+            OnlineStoreWriter(self._redis_url, None, self._prefix) for _ in range(2)
+        ]
+        self._queued, self._spare = self._writers
+        self._thread = threading.Thread(
+            target=self._write_batches, name=f"{name} redis writer", daemon=True
+        )
+        self._thread.start()
 
-    def add_customer_event(
-        self, ctx: Any, customer_id: str, event: CustomerEvent
-    ) -> tuple[OutputTag, str]:
-        """Queue the event for Redis; returns its changelog record to yield."""
-        assert self.writer is not None, "open() was not called"
-        self.writer.add_customer_event(customer_id, event)
-        self._added(ctx)
-        return ONLINE_CHANGES, encode_change("customer", customer_id, event)
+    def add_customer_event(self, customer_id: str, event: CustomerEvent) -> None:
+        with self._changed:
+            self._wait_for_room()
+            self._queued.add_customer_event(customer_id, event)
+            self._added()
 
-    def add_terminal_label(
-        self, ctx: Any, terminal_id: str, label: TerminalLabel
-    ) -> tuple[OutputTag, str]:
-        """Queue the label for Redis; returns its changelog record to yield."""
-        assert self.writer is not None, "open() was not called"
-        self.writer.add_terminal_label(terminal_id, label)
-        self._added(ctx)
-        return ONLINE_CHANGES, encode_change("terminal", terminal_id, label)
+    def add_device_event(self, device_id: str, event: DeviceEvent) -> None:
+        with self._changed:
+            self._wait_for_room()
+            self._queued.add_device_event(device_id, event)
+            self._added()
 
-    def add_device_event(
-        self, ctx: Any, device_id: str, event: DeviceEvent
-    ) -> tuple[OutputTag, str]:
-        """Queue the device event for Redis; returns its changelog record to yield."""
-        assert self.writer is not None, "open() was not called"
-        self.writer.add_device_event(device_id, event)
-        self._added(ctx)
-        return ONLINE_CHANGES, encode_change("device", device_id, event)
-
-    def _added(self, ctx: Any) -> None:
-        assert self.writer is not None
-        if len(self.writer) >= self._batch_size:
-            self.writer.flush()
-        elif len(self.writer) == 1:
-            now = ctx.timer_service().current_processing_time()
-            ctx.timer_service().register_processing_time_timer(now + self._flush_ms)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
+    def add_terminal_label(self, terminal_id: str, label: TerminalLabel) -> None:
+        with self._changed:
+            self._wait_for_room()
+            self._queued.add_terminal_label(terminal_id, label)
+            self._added()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Write what is queued, stop the thread and release the connections."""
+        if self._thread is None:
+            return
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+        # The thread wrote the last batch before it ended, unless it failed.
+        for writer in self._writers:
+            writer.discard()
+        self._raise_failure()
+
+    def _wait_for_room(self) -> None:
+        limit = self.MAX_QUEUED_BATCHES * self._batch_size
+        while len(self._queued) >= limit and self._error is None:
+            self._changed.wait()
+        self._raise_failure()
+
+    def _added(self) -> None:
+        if len(self._queued) >= self._batch_size:
+            self._changed.notify_all()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("writing a batch to Redis failed") from self._error
+
+    def _write_batches(self) -> None:
+        while True:
+            with self._changed:
+                if not self._closing and len(self._queued) < self._batch_size:
+                    self._changed.wait(self._flush_seconds)
+                batch, self._queued = self._queued, self._spare
+                closing = self._closing
+                self._changed.notify_all()
+            try:
+                batch.flush()
+            except Exception as exc:
+                # The operator raises it at its next event, which fails the job.
+                log.error("writing a batch to Redis failed: %s", exc)
+                with self._changed:
+                    self._error = exc
+                    self._changed.notify_all()
+                return
+            self._spare = batch
+            if closing:
+                return
 
 
-class CustomerWindows(KeyedProcessFunction):
-    """Adds calendar, customer and velocity features to each transaction.
+class ParseRecords(CoProcessFunction):
+    """Validates raw transactions (input 1) and labels (input 2).
 
-    Keyed by customer. Also writes each transaction to the online store as it
-    arrives, so the scorer can read it before the watermark passes. Transactions
-    with a device_id leave through the ``WITH_DEVICE`` side output; the others
-    get the device features' default here.
+    Invalid records go to the dead-letter side output and events at or behind
+    the watermark to the late-events side output. Every other event is written
+    to the online store and goes on as a typed row: transactions as the main
+    output (:data:`TRANSACTION_FIELDS`), labels to the :data:`LABEL_ROWS` side
+    output.
+
+    The ``OVER`` windows downstream drop rows at or behind their watermark
+    without a trace, so this check decides which events count, and the others
+    reach no store. Both topics meet in this one operator, whose watermark is
+    the lower of the two. Labels run ahead of the transactions in a replay, so
+    a label partition that goes idle and lets the labels' own watermark jump
+    ahead does not make the rest of its labels late.
+
+    Args:
+        settings: the job's settings.
     """
 
     def __init__(self, settings: StreamJobSettings) -> None:
+        self._settings = settings
         self._writes = _OnlineStoreWrites(settings)
-        self._allowed_lateness_ms = settings.allowed_lateness_ms
-        self._zone_name = settings.feature_timezone
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self._zone = ZoneInfo(self._zone_name)
-        self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
-        self._history = runtime_context.get_state(
-            ValueStateDescriptor("customer-history", Types.PICKLED_BYTE_ARRAY())
-        )
-        self._late = runtime_context.get_metrics_group().counter("late_events")
-        self._writes.open()
+        metrics = runtime_context.get_metrics_group()
+        self._rejected = metrics.counter("dead_letter_records")
+        self._late = metrics.counter("late_events")
+        self._zone = ZoneInfo(self._settings.feature_timezone)
+        self._writes.open("parse records")
 
     def close(self) -> None:
         self._writes.close()
 
-    def process_element(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
+    def process_element1(self, value: bytes, ctx: Any) -> Iterator[Any]:
+        topic = self._settings.transactions_topic
+        record, report = self._check(value, ctx, decode_transaction, topic)
+        if report is not None:
+            yield report
+            return
+        event_ms = record.event_ms
+        transaction_id, customer_id = record.transaction_id, record.customer_id
+        self._writes.add_customer_event(
+            customer_id,
+            CustomerEvent(event_ms, transaction_id, record.amount, record.terminal_id),
+        )
+        if record.device_id is not None:
+            self._writes.add_device_event(
+                record.device_id, DeviceEvent(event_ms, transaction_id, customer_id)
+            )
+        # The calendar features need the zone, which SQL would read from the
+        # JVM's time zone data rather than the shared definition's.
+        calendar = features.calendar_features(event_ms, self._zone)
+        yield Row(
+            transaction_id,
+            customer_id,
+            record.terminal_id,
+            record.device_id,
+            record.amount,
+            event_ms,
+            *(calendar[name] for name in features.CALENDAR_FEATURES),
+        )
+
+    def process_element2(self, value: bytes, ctx: Any) -> Iterator[Any]:
+        topic = self._settings.labels_topic
+        record, report = self._check(value, ctx, decode_label, topic)
+        if report is not None:
+            yield report
+            return
+        label_ms = record.event_ms
+        self._writes.add_terminal_label(
+            record.terminal_id,
+            TerminalLabel(label_ms, record.transaction_id, record.fraud),
+        )
+        row = Row(
+            record.transaction_id,
+            record.customer_id,
+            record.terminal_id,
+            parse_timestamp_ms(record.transaction_timestamp),
+            label_ms,
+            record.fraud,
+        )
+        yield LABEL_ROWS, row
+
+    def _check(
+        self, value: bytes, ctx: Any, decode: Callable[[bytes], Any], topic: str
+    ) -> tuple[Any, tuple[OutputTag, str] | None]:
+        """Decode a record of ``topic``; returns it, or the report to emit instead.
+
+        The report is a dead letter when the record is invalid, and a late event
+        when its time is at or behind the watermark.
+        """
+        try:
+            record = decode(value)
+        except ValueError as exc:
+            self._rejected.inc()
+            return None, (DEAD_LETTERS, dead_letter(topic, value, str(exc)))
+        event_ms = record.event_ms
         watermark = ctx.timer_service().current_watermark()
-        if watermark - value["event_ms"] > self._allowed_lateness_ms:
-            self._late.inc()
-            yield (
-                LATE_EVENTS,
-                late_event("transaction", value, value["event_ms"], watermark),
-            )
-            return
-        self._pending.add(value["event_ms"], value)
-        ctx.timer_service().register_event_time_timer(value["event_ms"])
-        event = CustomerEvent(
-            value["event_ms"],
-            value["transaction_id"],
-            value["amount"],
-            value["terminal_id"],
-        )
-        yield self._writes.add_customer_event(ctx, value["customer_id"], event)
-        if value["device_id"] is not None:
-            device_event = DeviceEvent(
-                value["event_ms"], value["transaction_id"], value["customer_id"]
-            )
-            yield self._writes.add_device_event(ctx, value["device_id"], device_event)
-
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            self._writes.flush()
-            return
-        history: list[CustomerEventTuple] = self._history.value() or []
-        for tx in _in_order(self._pending.pop(timestamp)):
-            ms, transaction_id, amount, terminal_id = (
-                tx["event_ms"],
-                tx["transaction_id"],
-                tx["amount"],
-                tx["terminal_id"],
-            )
-            tx |= features.calendar_features(ms, self._zone)
-            tx |= features.customer_features(ms, transaction_id, amount, history)
-            tx |= features.velocity_features(
-                ms, transaction_id, amount, terminal_id, history
-            )
-            history.append((ms, transaction_id, amount, terminal_id))
-            if tx["device_id"] is None:
-                tx |= features.device_features(
-                    ms, transaction_id, tx["customer_id"], None, ()
-                )
-                yield tx
-            else:
-                yield WITH_DEVICE, tx
-        # Late events up to the allowed lateness still need their whole window.
-        start = timestamp - LONGEST_WINDOW_MS - self._allowed_lateness_ms
-        self._history.update([event for event in history if event[0] > start])
-
-
-class DeviceWindows(KeyedProcessFunction):
-    """Adds the device features to each transaction with a device_id, keyed by device.
-
-    CustomerWindows has written the device's events to the online store already.
-    """
-
-    def __init__(self, settings: StreamJobSettings) -> None:
-        self._allowed_lateness_ms = settings.allowed_lateness_ms
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self._pending = _EventTimeBuffer(runtime_context, "pending-transactions")
-        self._history = runtime_context.get_state(
-            ValueStateDescriptor("device-history", Types.PICKLED_BYTE_ARRAY())
-        )
-
-    def process_element(self, value: dict[str, Any], ctx: Any) -> None:
-        # Transactions passed the lateness check upstream and are never dropped here.
-        self._pending.add(value["event_ms"], value)
-        ctx.timer_service().register_event_time_timer(value["event_ms"])
-
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[dict[str, Any]]:
-        history: list[DeviceEventTuple] = self._history.value() or []
-        for tx in _in_order(self._pending.pop(timestamp)):
-            ms, transaction_id, customer_id = (
-                tx["event_ms"],
-                tx["transaction_id"],
-                tx["customer_id"],
-            )
-            tx |= features.device_features(
-                ms, transaction_id, customer_id, tx["device_id"], history
-            )
-            history.append((ms, transaction_id, customer_id))
-            yield tx
-        start = timestamp - features.DEVICE_LOOKBACK_MS - self._allowed_lateness_ms
-        self._history.update([event for event in history if event[0] > start])
-
-
-class TerminalWindows(KeyedCoProcessFunction):
-    """Adds the terminal features to each transaction, keyed by terminal.
-
-    Input 1 carries transactions with their customer features, input 2 the labels;
-    labels are also written to the online store as they arrive.
-    """
-
-    def __init__(self, settings: StreamJobSettings) -> None:
-        self._writes = _OnlineStoreWrites(settings)
-        self._allowed_lateness_ms = settings.allowed_lateness_ms
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self._pending_tx = _EventTimeBuffer(runtime_context, "pending-transactions")
-        self._pending_labels = _EventTimeBuffer(runtime_context, "pending-labels")
-        self._known = runtime_context.get_state(
-            ValueStateDescriptor("terminal-labels", Types.PICKLED_BYTE_ARRAY())
-        )
-        self._late = runtime_context.get_metrics_group().counter("late_events")
-        self._writes.open()
-
-    def close(self) -> None:
-        self._writes.close()
-
-    def process_element1(self, value: dict[str, Any], ctx: Any) -> None:
-        # Transactions passed the lateness check upstream and are never dropped here.
-        self._pending_tx.add(value["event_ms"], value)
-        ctx.timer_service().register_event_time_timer(value["event_ms"])
-
-    def process_element2(self, value: dict[str, Any], ctx: Any) -> Iterator[Any]:
-        watermark = ctx.timer_service().current_watermark()
-        if watermark - value["label_ms"] > self._allowed_lateness_ms:
-            self._late.inc()
-            yield LATE_EVENTS, late_event("label", value, value["label_ms"], watermark)
-            return
-        label = (value["label_ms"], value["transaction_id"], value["fraud"])
-        self._pending_labels.add(value["label_ms"], label)
-        ctx.timer_service().register_event_time_timer(value["label_ms"])
-        yield self._writes.add_terminal_label(
-            ctx, value["terminal_id"], TerminalLabel(*label)
-        )
-
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-            self._writes.flush()
-            return
-        # A label known at t counts for a transaction at t, so labels go first.
-        known: list[TerminalLabelTuple] = self._known.value() or []
-        known.extend(self._pending_labels.pop(timestamp))
-        for tx in _in_order(self._pending_tx.pop(timestamp)):
-            tx |= features.terminal_features(tx["event_ms"], known)
-            tx["TX_AMOUNT"] = tx["amount"]
-            yield _feature_row(tx)
-        start = timestamp - LONGEST_WINDOW_MS - self._allowed_lateness_ms
-        self._known.update([label for label in known if label[0] > start])
-
-
-def _feature_row(tx: dict[str, Any]) -> Row:
-    return Row(
-        tx["transaction_id"],
-        tx["customer_id"],
-        tx["terminal_id"],
-        tx["event_ms"],
-        tx["device_id"],
-        *(float(tx[name]) for name in features.MODEL_INPUTS),
-        day_partition(tx["event_ms"]),
-    )
-
-
-def _label_row(label: dict[str, Any]) -> Row:
-    return Row(
-        label["transaction_id"],
-        label["customer_id"],
-        label["terminal_id"],
-        label["transaction_ms"],
-        label["label_ms"],
-        label["fraud"],
-        day_partition(label["label_ms"]),
-    )
+        if event_ms > watermark:
+            return record, None
+        self._late.inc()
+        kind = "label" if isinstance(record, LabelRecord) else "transaction"
+        fields = record.model_dump(exclude_none=True)
+        return None, (LATE_EVENTS, late_event(kind, fields, event_ms, watermark))
 
 
 # --- wiring ----------------------------------------------------------------------
@@ -568,19 +416,6 @@ def _kafka_sink(settings: StreamJobSettings, topic: str) -> KafkaSink:
     )
 
 
-def _changelog_sink(settings: StreamJobSettings) -> KafkaSink:
-    """Build the transactional sink of online-store changes."""
-    return (
-        KafkaSink.builder()
-        .set_bootstrap_servers(settings.kafka_bootstrap)
-        .set_record_serializer(_string_serializer(settings.online_changelog_topic))
-        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
-        .set_transactional_id_prefix(f"{settings.consumer_group}-online-changelog")
-        .set_property("transaction.timeout.ms", str(TRANSACTION_TIMEOUT_MS))
-        .build()
-    )
-
-
 def _string_serializer(topic: str) -> KafkaRecordSerializationSchema:
     return (
         KafkaRecordSerializationSchema.builder()
@@ -593,14 +428,17 @@ def _string_serializer(topic: str) -> KafkaRecordSerializationSchema:
 def _watermarks(settings: StreamJobSettings) -> WatermarkStrategy:
     # No timestamp assigner: the Kafka record timestamps (set to the event time by
     # producers) drive the watermarks, per partition, without a Python call.
-    # NOTE: idleness is measured in processing time. A reader that stalls longer
-    # than the timeout on a starved machine counts as idle, and in a replay,
-    # where labels run 7 days ahead, the watermark then jumps past the
-    # transactions behind it, which go to the late-events topic. Replays on a
-    # loaded machine need a timeout far above any stall until the two sources
-    # are aligned (Flink watermark alignment).
+    # NOTE: idleness is measured in processing time. A partition whose reader
+    # stalls longer than the timeout on a starved machine counts as idle, the
+    # watermark jumps to the other partitions, and the stalled partition's
+    # events behind it go to the late-events topic. Replays on a loaded machine
+    # need a timeout far above any stall. Flink's watermark alignment would
+    # bound the gap, but with the Kafka connector of deploy/local/flink-pom.xml
+    # a bounded run failed once a partition finished ("No current assignment
+    # for partition").
+    bound_ms = settings.out_of_orderness_ms + settings.allowed_lateness_ms
     return WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(settings.out_of_orderness_ms)
+        Duration.of_millis(bound_ms)
     ).with_idleness(Duration.of_millis(settings.idle_timeout_ms))
 
 
@@ -610,107 +448,121 @@ def build_pipeline(
     """Add the job's operators and sinks to ``env``.
 
     Returns:
-        The statement set of the offline-store sinks, to attach before executing.
+        The statement set of the SQL part (windows, offline store and changelog),
+        to attach before executing.
     """
     strategy = _watermarks(settings)
+    raw_transactions = env.from_source(
+        _kafka_source(settings, settings.transactions_topic, bounded),
+        strategy,
+        "transactions",
+    )
+    raw_labels = env.from_source(
+        _kafka_source(settings, settings.labels_topic, bounded), strategy, "labels"
+    )
     transactions = (
-        env.from_source(
-            _kafka_source(settings, settings.transactions_topic, bounded),
-            strategy,
-            "transactions",
-        )
-        .process(
-            ParseRecords(settings.transactions_topic, "transaction"),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("parse transactions")
+        raw_transactions.connect(raw_labels)
+        .process(ParseRecords(settings), output_type=TRANSACTION_FIELDS)
+        .name("parse records")
     )
-    labels = (
-        env.from_source(
-            _kafka_source(settings, settings.labels_topic, bounded), strategy, "labels"
-        )
-        .process(
-            ParseRecords(settings.labels_topic, "label"),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("parse labels")
-    )
-    transactions.get_side_output(DEAD_LETTERS).union(
-        labels.get_side_output(DEAD_LETTERS)
-    ).sink_to(_kafka_sink(settings, settings.dead_letter_topic)).name("dead letters")
-
-    with_customer = (
-        transactions.key_by(lambda tx: tx["customer_id"])
-        .process(CustomerWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("customer windows")
-    )
-    with_device = (
-        with_customer.get_side_output(WITH_DEVICE)
-        .key_by(lambda tx: tx["device_id"])
-        .process(DeviceWindows(settings), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("device windows")
-    )
-    feature_rows = (
-        with_customer.union(with_device)
-        .key_by(lambda tx: tx["terminal_id"])
-        .connect(labels.key_by(lambda label: label["terminal_id"]))
-        .process(TerminalWindows(settings), output_type=FEATURE_ROW)
-        .name("terminal windows")
-    )
-    label_rows = labels.map(_label_row, output_type=LABEL_ROW)
-    with_customer.get_side_output(LATE_EVENTS).union(
-        feature_rows.get_side_output(LATE_EVENTS)
-    ).sink_to(_kafka_sink(settings, settings.late_events_topic)).name("late events")
-    with_customer.get_side_output(ONLINE_CHANGES).union(
-        feature_rows.get_side_output(ONLINE_CHANGES)
-    ).sink_to(_changelog_sink(settings)).name("online changelog")
+    labels = transactions.get_side_output(LABEL_ROWS)
+    for tag, topic, name in (
+        (DEAD_LETTERS, settings.dead_letter_topic, "dead letters"),
+        (LATE_EVENTS, settings.late_events_topic, "late events"),
+    ):
+        reports = transactions.get_side_output(tag)
+        reports.sink_to(_kafka_sink(settings, topic)).name(name)
 
     table_env = StreamTableEnvironment.create(env)
-    statements = table_env.create_statement_set()
-    for name, row_type, stream in (
-        ("features", FEATURE_ROW, feature_rows),
-        ("labels", LABEL_ROW, label_rows),
+    table_config = table_env.get_config()
+    # DATE_FORMAT of a TIMESTAMP_LTZ uses this zone: the offline store's days
+    # are UTC days, whatever the machine's zone.
+    table_config.set("table.local-time-zone", "UTC")
+    # The window accumulators drop rows older than their longest window, but a
+    # key's accumulator stays until Flink drops the key's state, after this much
+    # processing time without a row: long after its windows emptied.
+    table_config.set("table.exec.state.ttl", f"{features.STATE_RETENTION_MS} ms")
+    for view, stream, time_column in (
+        ("transactions", transactions, "event_ms"),
+        ("labels", labels, "label_ms"),
     ):
-        sql = _offline_sink_sql(table_env, settings, name, row_type, stream)
-        statements.add_insert_sql(sql)
+        table_env.create_temporary_view(
+            view, table_env.from_data_stream(stream, _event_time_schema(time_column))
+        )
+    for name, java_class in feature_sql.FUNCTIONS.items():
+        table_env.create_java_temporary_function(name, java_class)
+    for statement in feature_sql.feature_views("transactions", "labels"):
+        table_env.execute_sql(statement)
+
+    statements = table_env.create_statement_set()
+    for name, columns, query in (
+        ("features", feature_sql.FEATURE_ROW_COLUMNS, "SELECT * FROM features_rows"),
+        (
+            "labels",
+            feature_sql.LABEL_ROW_COLUMNS,
+            feature_sql.label_rows_query("labels"),
+        ),
+    ):
+        _create_offline_table(table_env, settings, name, columns)
+        statements.add_insert_sql(f"INSERT INTO offline_{name} {query}")
+    _create_changelog_table(table_env, settings)
+    statements.add_insert_sql(
+        f"INSERT INTO online_changelog {changelog_query('transactions', 'labels')}"
+    )
     return statements
 
 
-_SQL_TYPES = {"STRING": "STRING", "LONG": "BIGINT", "DOUBLE": "DOUBLE", "INT": "INT"}
+def _event_time_schema(time_column: str) -> Schema:
+    """Declare ``rowtime`` from an epoch-millisecond column, with the source's
+    watermarks.
+
+    The event time comes from the validated record, not from the Kafka
+    timestamp, which only drives the watermarks.
+    """
+    return (
+        Schema.new_builder()
+        .column_by_expression("rowtime", f"TO_TIMESTAMP_LTZ({time_column}, 3)")
+        .watermark("rowtime", "SOURCE_WATERMARK()")
+        .build()
+    )
 
 
-def _offline_sink_sql(
+def _create_offline_table(
     table_env: StreamTableEnvironment,
     settings: StreamJobSettings,
     name: str,
-    row_type: Any,
-    stream: Any,
-) -> str:
-    """Create the Parquet table ``name`` partitioned by day; return its INSERT."""
-    columns = ", ".join(
-        f"`{field}` {_sql_type(kind)}"
-        for field, kind in zip(
-            row_type.get_field_names(), row_type.get_field_types(), strict=True
-        )
-    )
+    columns: tuple[tuple[str, str], ...],
+) -> None:
+    """Create the Parquet table ``offline_<name>``, partitioned by day."""
+    definitions = ", ".join(f"`{column}` {kind}" for column, kind in columns)
     path = (settings.offline_store / name).resolve().as_uri()
     table_env.execute_sql(
-        f"CREATE TABLE offline_{name} ({columns}) PARTITIONED BY (dt) WITH ("
+        f"CREATE TABLE offline_{name} ({definitions}) PARTITIONED BY (dt) WITH ("
         "'connector' = 'filesystem', 'format' = 'parquet', "
         f"'path' = '{path}', 'sink.partition-commit.policy.kind' = 'success-file')"
     )
-    table_env.create_temporary_view(
-        f"{name}_stream", table_env.from_data_stream(stream)
+
+
+def _create_changelog_table(
+    table_env: StreamTableEnvironment, settings: StreamJobSettings
+) -> None:
+    """Create the transactional Kafka table of online-store changes.
+
+    Its transactions commit with the checkpoints, and the loader reads only
+    committed records, so each change reaches the stores once per checkpoint
+    that completes.
+    """
+    table_env.execute_sql(
+        "CREATE TABLE online_changelog (`change` STRING) WITH ("
+        "'connector' = 'kafka', "
+        f"'topic' = '{settings.online_changelog_topic}', "
+        f"'properties.bootstrap.servers' = '{settings.kafka_bootstrap}', "
+        "'format' = 'raw', "
+        "'sink.delivery-guarantee' = 'exactly-once', "
+        "'sink.transactional-id-prefix' = "
+        f"'{settings.consumer_group}-online-changelog', "
+        f"'properties.transaction.timeout.ms' = '{TRANSACTION_TIMEOUT_MS}')"
     )
-    return f"INSERT INTO offline_{name} SELECT * FROM {name}_stream"
-
-
-def _sql_type(type_info: Any) -> str:
-    text = str(type_info).upper()
-    for java_name, sql_name in _SQL_TYPES.items():
-        if java_name in text:
-            return sql_name
-    raise ValueError(f"no SQL type for {type_info}")
 
 
 def make_environment(

@@ -6,14 +6,15 @@ the newest event of the write. Writing the same events again, or in another
 order, leaves the store as writing them once in order does.
 
 The feature job also publishes every write as a changelog record (see
-:func:`encode_change`), which :mod:`streaming.online_loader` applies.
+:func:`encode_change`, and :func:`changelog_query` for the same records in
+Flink SQL), which :mod:`streaming.online_loader` applies.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -31,7 +32,12 @@ from fraudcore.features import (
 log = logging.getLogger(__name__)
 
 TRIM_EVERY_FLUSHES = 200
+# Bounds of one script call: Lua's unpack() takes a few thousand values at
+# most, and Redis serves no other client while a script runs. A call of 100
+# keys of about 20 members each took 0.55 ms of Redis time on the 2-core
+# machine of docs/benchmarks.md.
 MEMBERS_PER_SCRIPT_CALL = 1_000
+KEYS_PER_SCRIPT_CALL = 100
 
 # COPY into a temporary table, then one INSERT that skips rows already stored:
 # an order of magnitude faster than row-by-row inserts, and still idempotent.
@@ -71,15 +77,24 @@ ORDER BY table_name, ordinal_position
 """
 
 
-# Adds members to a sorted set, drops those older than the retention before the
-# newest member of the set, and renews the key's TTL.
-# ARGV: retention_ms, ttl_seconds, then score, member pairs.
+# Adds members to each sorted set of KEYS, drops those older than the retention
+# before the newest member of the set, and renews the key's TTL. One call for
+# many keys saves the client most of its per-command work.
+# ARGV: retention_ms, ttl_seconds, then for each key in KEYS the number of its
+# members followed by that many score, member pairs.
+# NOTE: Redis Cluster runs a script only on keys of one hash slot, so this
+# needs a single Redis server, as the scorer's lookup script does.
 _ADD_TRIMMED = """
-redis.call('ZADD', KEYS[1], unpack(ARGV, 3))
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf',
-           '(' .. (tonumber(newest) - tonumber(ARGV[1])))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+local retention = tonumber(ARGV[1])
+local position = 3
+for _, key in ipairs(KEYS) do
+  local last = position + 2 * tonumber(ARGV[position])
+  redis.call('ZADD', key, unpack(ARGV, position + 1, last))
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tonumber(newest) - retention))
+  redis.call('EXPIRE', key, ARGV[2])
+  position = last + 1
+end
 """
 
 
@@ -219,32 +234,49 @@ class OnlineStoreWriter:
             cursor.execute(_MERGE_STAGED)
 
     def _write_redis(self) -> None:
+        sets: list[tuple[str, list[tuple[int, str]]]] = []
+        for customer_id, events in _group(self._customers).items():
+            members = [(e.event_ms, store.encode_customer_member(e)) for e in events]
+            sets.append((store.customer_key(self._prefix, customer_id), members))
+        for terminal_id, known in _group(self._labels).items():
+            members = [(x.label_ms, store.encode_label_member(x)) for x in known]
+            sets.append((store.terminal_key(self._prefix, terminal_id), members))
+        for device_id, events in _group(self._devices).items():
+            members = [(e.event_ms, store.encode_device_member(e)) for e in events]
+            sets.append((store.device_key(self._prefix, device_id), members))
         pipe = self._redis.pipeline(transaction=False)
-        customers = _group(self._customers)
-        for customer_id, events in customers.items():
-            members = {store.encode_customer_member(e): e.event_ms for e in events}
-            key = store.customer_key(self._prefix, customer_id)
-            self._queue_add(pipe, key, members)
-        labels = _group(self._labels)
-        for terminal_id, known in labels.items():
-            members = {store.encode_label_member(x): x.label_ms for x in known}
-            key = store.terminal_key(self._prefix, terminal_id)
-            self._queue_add(pipe, key, members)
-        devices = _group(self._devices)
-        for device_id, events in devices.items():
-            members = {store.encode_device_member(e): e.event_ms for e in events}
-            key = store.device_key(self._prefix, device_id)
-            self._queue_add(pipe, key, members)
+        for keys, arguments in _script_calls(sets):
+            self._add_trimmed(keys=keys, args=arguments, client=pipe)
         pipe.execute()
 
-    def _queue_add(self, pipe: Any, key: str, members: dict[str, int]) -> None:
-        pairs = list(members.items())
-        # Lua's unpack() takes a few thousand values at most.
-        for start in range(0, len(pairs), MEMBERS_PER_SCRIPT_CALL):
-            arguments: list[Any] = [STATE_RETENTION_MS, store.KEY_TTL_SECONDS]
-            for member, score in pairs[start : start + MEMBERS_PER_SCRIPT_CALL]:
+
+def _script_calls(
+    sets: list[tuple[str, list[tuple[int, str]]]],
+) -> Iterator[tuple[list[str], list[Any]]]:
+    """Split sorted-set additions into the keys and arguments of script calls.
+
+    A key with more than ``MEMBERS_PER_SCRIPT_CALL`` members is spread over
+    several calls, which trim it the same way.
+    """
+    keys: list[str] = []
+    arguments: list[Any] = []
+    members_in_call = 0
+    for key, members in sets:
+        for start in range(0, len(members), MEMBERS_PER_SCRIPT_CALL):
+            part = members[start : start + MEMBERS_PER_SCRIPT_CALL]
+            if keys and (
+                len(keys) == KEYS_PER_SCRIPT_CALL
+                or members_in_call + len(part) > MEMBERS_PER_SCRIPT_CALL
+            ):
+                yield keys, [STATE_RETENTION_MS, store.KEY_TTL_SECONDS, *arguments]
+                keys, arguments, members_in_call = [], [], 0
+            keys.append(key)
+            arguments.append(len(part))
+            for score, member in part:
                 arguments += [score, member]
-            self._add_trimmed(keys=[key], args=arguments, client=pipe)
+            members_in_call += len(part)
+    if keys:
+        yield keys, [STATE_RETENTION_MS, store.KEY_TTL_SECONDS, *arguments]
 
 
 def _group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
@@ -266,6 +298,44 @@ def encode_change(
         event: the event, written as the list of its fields.
     """
     return orjson.dumps({"kind": kind, "key": key, "event": list(event)}).decode()
+
+
+# Changelog kinds, with the event each carries and the SQL view it comes from in
+# changelog_query.
+_CHANGE_SOURCES = (
+    ("customer", "customer_id", CustomerEvent, "transactions", None),
+    ("device", "device_id", DeviceEvent, "transactions", "device_id IS NOT NULL"),
+    ("terminal", "terminal_id", TerminalLabel, "labels", None),
+)
+
+
+def changelog_query(transactions: str, labels: str) -> str:
+    """Return a Flink SQL query of the changelog records of every event.
+
+    Each row is one record in the JSON layout of :func:`encode_change`, built
+    in the JVM: a customer change per transaction, a device change per
+    transaction with a ``device_id``, and a terminal change per label. The event
+    arrays list the event's fields in the order of its named tuple.
+
+    Args:
+        transactions: a view whose columns include those of
+            :class:`~fraudcore.features.CustomerEvent` and
+            :class:`~fraudcore.features.DeviceEvent`, and their keys.
+        labels: a view with the columns of
+            :class:`~fraudcore.features.TerminalLabel` and ``terminal_id``.
+    """
+    views = {"transactions": transactions, "labels": labels}
+    selects = []
+    for kind, key, event_type, view, condition in _CHANGE_SOURCES:
+        fields = ", ".join(f"`{field}`" for field in event_type._fields)
+        select = (
+            f"SELECT JSON_OBJECT('kind' VALUE '{kind}', 'key' VALUE `{key}`, "
+            f"'event' VALUE JSON_ARRAY({fields})) FROM `{views[view]}`"
+        )
+        if condition is not None:
+            select += f" WHERE {condition}"
+        selects.append(select)
+    return " UNION ALL ".join(selects)
 
 
 def apply_change(writer: OnlineStoreWriter, raw: bytes | str) -> None:

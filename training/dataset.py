@@ -254,9 +254,8 @@ def _drop_duplicate_ids(frame: pd.DataFrame, kind: str, keep: str) -> pd.DataFra
 
 
 def sort_transactions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sort rows by event time, then transaction id, as the stream job orders them."""
-    # Same order as fraudcore.features.order_key: event time, then the id by
-    # length and text, so decimal ids sort as numbers.
+    """Sort rows by event time, then transaction id, the same order in every run."""
+    # Ids compare by length, then text, so decimal ids sort as numbers.
     keyed = frame.assign(_id_length=frame["transaction_id"].str.len())
     keyed = keyed.sort_values(
         ["event_ms", "_id_length", "transaction_id"], kind="stable"

@@ -6,8 +6,8 @@ device's events over ``(t - 7 days, t]``, the longest device window. The
 customer's events, the terminal's labels and, for a transaction with a
 ``device_id``, the device's events come back in one round trip.
 :func:`fraudcore.features.transaction_features` then skips the current
-transaction and anything ordered after it, so every source yields the features
-of the offline row.
+transaction and anything after its event time, so every source yields the
+features of the offline row.
 
 A Redis key *misses* when it does not exist. An existing key with no events in
 the window is a hit: the stream job trims each key relative to its own newest

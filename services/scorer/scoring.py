@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from fraudcore.features import order_key, transaction_features
+from fraudcore.features import counts_event, transaction_features
 from fraudcore.schema import TransactionRecord
 from fraudcore.segments import CUSTOMER_SEGMENT, NO_SEGMENT
 from fraudcore.timeutil import format_timestamp_ms, parse_timestamp_ms
@@ -53,17 +53,16 @@ def feature_age_ms(
 ) -> int | None:
     """Return ``event_ms`` minus the newest event time that the features used.
 
-    The events used are the customer's and the device's transactions ordered
-    before this one and the terminal's labels known at ``event_ms``, all within
-    the longest window. None when there are none. The histories are sorted by
-    time, as Redis and the PostgreSQL queries return them, so the scans from the
-    end stop early.
+    The events used are the customer's and the device's transactions up to
+    ``event_ms``, other than this one, and the terminal's labels known at
+    ``event_ms``, all within the longest window. None when there are none. The
+    histories are sorted by time, as Redis and the PostgreSQL queries return
+    them, so the scans from the end stop early.
     """
     start = event_ms - LOOKBACK_MS
-    current = order_key(event_ms, transaction_id)
     newest = None
     for events in (histories.customer, histories.device):
-        found = _newest_before(events, start, current)
+        found = _newest_counted(events, start, event_ms, transaction_id)
         if found is not None:
             newest = found if newest is None else max(newest, found)
     for label in reversed(histories.terminal):
@@ -75,13 +74,13 @@ def feature_age_ms(
     return None if newest is None else event_ms - newest
 
 
-def _newest_before(
-    events: Sequence[tuple[Any, ...]], start: int, current: tuple[int, int, str]
+def _newest_counted(
+    events: Sequence[tuple[Any, ...]], start: int, event_ms: int, transaction_id: str
 ) -> int | None:
     for event in reversed(events):
         if event[0] <= start:
             return None
-        if order_key(event[0], event[1]) < current:
+        if counts_event(event_ms, transaction_id, event):
             return int(event[0])
     return None
 

@@ -17,9 +17,9 @@ from fraudcore.features import (
     DeviceEvent,
     TerminalLabel,
     calendar_features,
+    counts_event,
     customer_features,
     device_features,
-    order_key,
     terminal_features,
     transaction_features,
     velocity_features,
@@ -67,17 +67,20 @@ def test_customer_features_skip_current_and_later():
     history = [
         CustomerEvent(T, "x", 30.0, "t1"),  # the current transaction, stored
         CustomerEvent(T + 1, "later", 99.0, "t2"),
-        CustomerEvent(T, "y", 50.0, "t3"),  # same millisecond, ordered after "x"
-        CustomerEvent(T, "w", 70.0, "t4"),  # same millisecond, ordered before "x"
+        CustomerEvent(T, "y", 50.0, "t3"),  # same millisecond: a peer
+        CustomerEvent(T, "w", 70.0, "t4"),  # same millisecond: a peer
     ]
     result = customer_features(T, "x", 30.0, history)
-    assert result["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 2.0
+    assert result["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 3.0
     assert result["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == 50.0
 
 
-def test_order_key_sorts_decimal_ids_as_numbers():
-    assert order_key(T, "9") < order_key(T, "10")
-    assert order_key(T, "10") < order_key(T + 1, "9")
+def test_counts_event_peers_but_not_itself():
+    assert counts_event(T, "10", (T, "9"))
+    assert counts_event(T, "9", (T, "10"))
+    assert counts_event(T, "9", (T - 1, "9"))
+    assert not counts_event(T, "9", (T, "9"))
+    assert not counts_event(T, "9", (T + 1, "8"))
 
 
 def test_terminal_features_window_bounds():
@@ -140,18 +143,20 @@ def test_customer_features_mean_independent_of_order():
     assert forward == backward
 
 
-def test_velocity_features_previous_in_tie_order():
+def test_velocity_features_peer_is_previous():
     history = [
         CustomerEvent(T - 90_000, "old", 10.0, "t1"),
-        CustomerEvent(T, "9", 20.0, "t2"),  # same ms, ordered before "10"
-        CustomerEvent(T, "11", 30.0, "t3"),  # same ms, ordered after "10"
+        CustomerEvent(T, "9", 20.0, "t2"),  # same ms as "10" and "11": peers
+        CustomerEvent(T, "11", 30.0, "t3"),
         CustomerEvent(T + 5, "later", 40.0, "t4"),
     ]
-    first = velocity_features(T, "9", 20.0, "t2", history)
-    second = velocity_features(T, "10", 50.0, "t2", history)
-    assert first["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 90.0
-    assert second["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 0.0
-    assert second["CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW"] == 2.0
+    stored = velocity_features(T, "9", 20.0, "t2", history)
+    new = velocity_features(T, "10", 50.0, "t2", history)
+    alone = velocity_features(T, "9", 20.0, "t2", history[:2])
+    assert stored["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 0.0
+    assert new["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 0.0
+    assert new["CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW"] == 3.0
+    assert alone["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 90.0
 
 
 def test_velocity_features_previous_window_edge():
@@ -206,10 +211,10 @@ def test_device_features_window_bounds_and_ties():
         DeviceEvent(T - 7 * MS_PER_DAY + 1, "week-in", "c2"),
         DeviceEvent(T - MS_PER_DAY, "day-edge", "c3"),  # outside the 1-day window
         DeviceEvent(T - MS_PER_DAY + 1, "day-in", "c2"),
-        DeviceEvent(T, "10", "c4"),  # same ms, ordered after "9"
+        DeviceEvent(T, "10", "c4"),  # same ms: a peer
         DeviceEvent(T, "9", "c5"),  # the current transaction, stored already
         DeviceEvent(T + 1, "later", "c6"),
     ]
     result = device_features(T, "9", "c5", "d", history)
-    assert result["DEVICE_ID_NB_TX_1DAY_WINDOW"] == 2.0
-    assert result["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"] == 3.0
+    assert result["DEVICE_ID_NB_TX_1DAY_WINDOW"] == 3.0
+    assert result["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"] == 4.0

@@ -12,7 +12,6 @@ from fraudcore.features import (
     MODEL_INPUTS,
     NO_DEVICE_COUNT,
     NO_PREVIOUS_TX_SECONDS,
-    VELOCITY_FEATURES,
     CustomerEvent,
     DeviceEvent,
     TerminalLabel,
@@ -21,8 +20,6 @@ from fraudcore.features import (
 from fraudcore.timeutil import MS_PER_DAY
 from streaming.batch_features import batch_features
 from streaming.simulator import add_device_ids, simulate_transactions
-
-NEW_FEATURES = VELOCITY_FEATURES + DEVICE_FEATURES
 
 
 def with_ties(frame: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
@@ -122,10 +119,8 @@ def test_batch_features_match_per_event_definitions(transactions):
     )
     assert tied.sum() > 100
     assert device_tied.sum() > 100
-    untied = transactions.loc[~tied, "TRANSACTION_ID"]
-    compare(batch, events, untied, MODEL_INPUTS)
-    # The new features follow the same tie order in both, so ties must match too.
-    compare(batch, events, events.index, NEW_FEATURES)
+    # Both count same-time transactions as peers, so ties must match too.
+    compare(batch, events, events.index, MODEL_INPUTS)
 
 
 def test_batch_features_data_covers_new_cases(transactions):
@@ -152,8 +147,8 @@ def edge_cases() -> pd.DataFrame:
         (1, start, 1, 1, 10.0, "a"),
         (2, start + 30 * day, 1, 2, 20.0, "a"),
         (3, start + 60 * day - second, 1, 3, 0.0, None),
-        # customer 2: three transactions in one second at two terminals, then
-        # two exactly one day later, when the first three left the 1-day window.
+        # customer 2: three peers in one second at two terminals, then two
+        # peers exactly one day later, when the first three left the 1-day window.
         (10, start, 2, 5, 0.0, "shared"),
         (11, start, 2, 6, 0.0, "shared"),
         (12, start, 2, 5, 4.0, "b"),
@@ -163,6 +158,8 @@ def edge_cases() -> pd.DataFrame:
         # then exactly 7 days after.
         (20, start + 7 * day, 3, 5, 5.0, "shared"),
         (21, start + 8 * day, 3, 5, 5.0, "shared"),
+        # customer 4: one transaction of 0, so its 30-day mean is 0.
+        (30, start, 4, 8, 0.0, None),
     ]
     frame = pd.DataFrame(
         rows,
@@ -191,14 +188,16 @@ def test_batch_features_edge_case_values():
     assert since[1] == NO_PREVIOUS_TX_SECONDS
     assert since[2] == NO_PREVIOUS_TX_SECONDS
     assert since[3] == NO_PREVIOUS_TX_SECONDS - 1
+    assert since[10] == 0.0  # peers are each other's previous transaction
     assert since[11] == 0.0
     ratio = batch["CUSTOMER_ID_AMOUNT_TO_AVG_30DAY_RATIO"]
-    assert ratio[10] == 1.0  # 0 over a mean of 0
+    assert ratio[30] == 1.0  # 0 over a mean of 0
+    assert ratio[10] == 0.0  # 0 over the mean of its peers, (0 + 0 + 4) / 3
     assert ratio[12] == pytest.approx(3.0)  # 4 over (0 + 0 + 4) / 3
     terminals = batch["CUSTOMER_ID_NB_TERMINALS_1DAY_WINDOW"]
-    assert terminals.loc[[10, 11, 12, 13, 14]].tolist() == [1, 2, 2, 1, 2]
+    assert terminals.loc[[10, 11, 12, 13, 14]].tolist() == [2, 2, 2, 2, 2]
     device_tx = batch["DEVICE_ID_NB_TX_1DAY_WINDOW"]
-    assert device_tx.loc[[10, 11, 13, 14, 20, 21]].tolist() == [1, 2, 1, 0, 1, 1]
+    assert device_tx.loc[[10, 11, 13, 14, 20, 21]].tolist() == [2, 2, 1, 0, 1, 1]
     device_customers = batch["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"]
     assert device_customers.loc[[13, 20, 21]].tolist() == [1, 2, 1]
 

@@ -1,23 +1,35 @@
 """The feature job's offline rows against reference features.
 
 The baseline features are compared with the handbook's reference file, and every
-model input with the pandas batch reference. Runs the real job on the real Kafka
+model input with the pandas batch reference. The online-store changelog, which
+the job builds in Flink SQL, is compared with the Python encoding the loader
+reads. Runs the real job on the real Kafka
 broker (see the ``streamed_span`` and ``simulated_span`` fixtures).
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
+from confluent_kafka import Consumer
 
 from fraudcore.features import (
     BASELINE_FEATURES,
     DEVICE_FEATURES,
+    LABEL_DELAY_DAYS,
     MODEL_INPUTS,
     NO_DEVICE_COUNT,
     VELOCITY_FEATURES,
+    CustomerEvent,
+    DeviceEvent,
+    TerminalLabel,
 )
+from fraudcore.timeutil import MS_PER_DAY
+from streaming.online_writer import encode_change
 from tests.streaming.offline import compare_with_batch, read_offline_features
 
 pytestmark = pytest.mark.integration
@@ -78,7 +90,7 @@ def test_features_job_matches_reference_amounts(compared):
 
 
 def test_features_job_velocity_matches_batch(streamed_span):
-    # Both order ties by (time, id), so same-second ties must match too.
+    # Both count same-millisecond transactions as peers, so ties must match too.
     differing = compare_with_batch(streamed_span, VELOCITY_FEATURES)
     assert differing.empty, differing.head(20)
 
@@ -101,3 +113,55 @@ def test_features_job_simulated_covers_devices(simulated_span):
     assert not with_device.all()
     assert offline["DEVICE_ID_NB_CUSTOMERS_7DAY_WINDOW"].max() > 1
     assert offline["DEVICE_ID_NB_TX_1DAY_WINDOW"].max() > 1
+
+
+def read_changelog(settings) -> list[dict]:
+    """Return every committed record of the run's online-store changelog."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"changelog-reader-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([settings.online_changelog_topic])
+    records: list[dict] = []
+    quiet_polls = 0
+    try:
+        while quiet_polls < 5:
+            message = consumer.poll(1.0)
+            if message is None:
+                quiet_polls += 1
+            elif message.error() is None:
+                records.append(orjson.loads(message.value()))
+                quiet_polls = 0
+    finally:
+        consumer.close()
+    return records
+
+
+def test_features_job_changelog_matches_encoding(simulated_span):
+    frame = simulated_span.transactions
+    event_ms = frame["TX_DATETIME"].to_numpy("datetime64[ms]").astype(np.int64)
+    expected = []
+    for row, ms in zip(frame.itertuples(index=False), event_ms.tolist(), strict=True):
+        tx_id, customer = str(row.TRANSACTION_ID), str(row.CUSTOMER_ID)
+        terminal = str(row.TERMINAL_ID)
+        event = CustomerEvent(ms, tx_id, row.TX_AMOUNT, terminal)
+        expected.append(encode_change("customer", customer, event))
+        if not pd.isna(row.DEVICE_ID):
+            device_event = DeviceEvent(ms, tx_id, customer)
+            expected.append(encode_change("device", str(row.DEVICE_ID), device_event))
+        label = TerminalLabel(ms + LABEL_DELAY_DAYS * MS_PER_DAY, tx_id, row.TX_FRAUD)
+        expected.append(encode_change("terminal", terminal, label))
+
+    records = read_changelog(simulated_span.settings)
+
+    def canonical(record: dict) -> bytes:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+    assert len(records) == len(expected)
+    assert sorted(map(canonical, records)) == sorted(
+        canonical(orjson.loads(change)) for change in expected
+    )

@@ -72,8 +72,8 @@ def make_history(
         CustomerEvent(day_start, "day-edge-out", 3.0, "t-day-out"),
         CustomerEvent(day_start + 1, "day-edge-in", 4.0, "t-day-in"),
         CustomerEvent(EVENT_MS, current, AMOUNT, stores.terminal_id),  # the request
-        CustomerEvent(EVENT_MS, "9", 5.0, "t-tie-before"),  # same ms, ordered before
-        CustomerEvent(EVENT_MS, f"{current}-later", 7.0, "t-tie-after"),  # after
+        CustomerEvent(EVENT_MS, "9", 5.0, "t-tie-before"),  # same ms: a peer
+        CustomerEvent(EVENT_MS, f"{current}-later", 7.0, "t-tie-after"),  # a peer
         CustomerEvent(EVENT_MS + 1_000, "2000", 99.0, "t-after"),  # after
     ]
     labels = [
@@ -106,8 +106,8 @@ def make_device_history(stores: SeededStores) -> list[DeviceEvent]:
         DeviceEvent(week_start, "week-edge-out", "c-week-out"),
         DeviceEvent(week_start + 1, "week-edge-in", "c-week-in"),
         DeviceEvent(EVENT_MS, current, stores.customer_id),  # the request itself
-        DeviceEvent(EVENT_MS, "9", "c-tie-before"),  # same ms, ordered before
-        DeviceEvent(EVENT_MS, f"{current}-later", "c-tie-after"),  # after
+        DeviceEvent(EVENT_MS, "9", "c-tie-before"),  # same ms: a peer
+        DeviceEvent(EVENT_MS, f"{current}-later", "c-tie-after"),  # a peer
         DeviceEvent(EVENT_MS + 1, "later", "c-after"),
     ]
     return events
