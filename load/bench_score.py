@@ -12,9 +12,10 @@ transaction id, because repeated ids would be idempotent replays:
 
 vegeta is an open-model generator: it sends at the set rate whether or not
 earlier responses have arrived, so a stalled server shows up as latency and a
-shortfall in achieved rate, without coordinated omission. The server-side p99
-comes from the scorer's own request histogram, read from ``/metrics`` before
-and after the 1000 req/s runs. The report goes to ``reports/bench/score.json``.
+shortfall in achieved rate, without coordinated omission. The scorer's own
+metrics, read from ``/metrics`` before and after the runs of each rate, give
+the server-side p99 of the requests and of each stage, and the feature sources
+and errors of those requests. The report goes to ``reports/bench/score.json``.
 Everything it creates (database, topics, Redis keys, processes) it removes; the
 stack is stopped only if this run started it.
 """
@@ -67,6 +68,7 @@ from fraudcore.store import (
 )
 from fraudcore.timeutil import MS_PER_DAY, format_timestamp_ms
 from load.scorer_process import wait_ready
+from services.scorer.metrics import STAGES
 
 log = logging.getLogger("load.bench_score")
 
@@ -418,25 +420,86 @@ def summarize(vegeta: str, results: Path) -> dict[str, Any]:
 # --- server-side histogram ---------------------------------------------------------
 
 
-def histogram_buckets(base_url: str, name: str) -> dict[float, float]:
-    """Return the cumulative bucket counts of an unlabelled histogram."""
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    buckets: dict[float, float] = {}
-    prefix = f'{name}_bucket{{le="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            bound, value = line[len(prefix) :].split('"} ')
-            buckets[float(bound)] = float(value)
-    return buckets
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The samples of one ``/metrics`` scrape that the report uses."""
+
+    samples: dict[str, dict[str, float]]
+
+    @classmethod
+    def scrape(cls, base_url: str) -> MetricsSnapshot:
+        """Read every sample of the scorer's ``/metrics``."""
+        return cls.parse(httpx.get(f"{base_url}/metrics", timeout=5).text)
+
+    @classmethod
+    def parse(cls, text: str) -> MetricsSnapshot:
+        """Group the samples of a Prometheus text exposition by name."""
+        samples: dict[str, dict[str, float]] = {}
+        for line in text.splitlines():
+            if line.startswith("#") or not line:
+                continue
+            series, value = line.rsplit(" ", 1)
+            name, brace, labels = series.partition("{")
+            samples.setdefault(name, {})[brace + labels] = float(value)
+        return cls(samples)
+
+    def counter(self, name: str) -> dict[str, float]:
+        """Return a labelled counter's samples, keyed by their label text."""
+        return dict(self.samples.get(name, {}))
+
+    def buckets(self, name: str, labels: str = "") -> dict[float, float]:
+        """Return the cumulative buckets of a histogram's series with ``labels``.
+
+        ``labels`` is the series' own label text without ``le``, such as
+        ``stage="inference"``; empty for an unlabelled histogram.
+        """
+        buckets: dict[float, float] = {}
+        for label_text, value in self.samples.get(f"{name}_bucket", {}).items():
+            pairs = label_text.strip("{}").split(",")
+            bound = next(p for p in pairs if p.startswith("le="))
+            rest = ",".join(p for p in pairs if not p.startswith("le="))
+            if rest == labels:
+                buckets[float(bound[4:-1])] = value
+        return buckets
 
 
-def counter_samples(base_url: str, name: str) -> dict[str, float]:
-    """Return the samples of a labelled counter, keyed by their label text."""
-    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+def counter_increase(
+    before: MetricsSnapshot, after: MetricsSnapshot, name: str
+) -> dict[str, float]:
+    """Return the increase of each sample of a labelled counter that increased."""
+    start = before.counter(name)
     return {
-        line[len(name) : line.index("}") + 1]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{")
+        labels: value - start.get(labels, 0.0)
+        for labels, value in after.counter(name).items()
+        if value > start.get(labels, 0.0)
+    }
+
+
+def server_figures(before: MetricsSnapshot, after: MetricsSnapshot) -> dict[str, Any]:
+    """Return the scorer's own view of the requests between two scrapes.
+
+    That is the p99 of its request histogram and of each scoring stage, in ms,
+    and the feature sources and errors of those requests.
+    """
+    request = "fraud_score_request_duration_seconds"
+    stage = "fraud_score_stage_duration_seconds"
+    stages = {}
+    for name in STAGES:
+        labels = f'stage="{name}"'
+        start, end = before.buckets(stage, labels), after.buckets(stage, labels)
+        if end and end[float("inf")] > start.get(float("inf"), 0.0):
+            stages[name] = round(histogram_quantile(start, end, 0.99) * 1000, 3)
+    return {
+        "server_p99_ms": round(
+            histogram_quantile(before.buckets(request), after.buckets(request), 0.99)
+            * 1000,
+            3,
+        ),
+        "server_stage_p99_ms": stages,
+        "feature_sources": counter_increase(
+            before, after, "fraud_score_feature_source_total"
+        ),
+        "errors_by_kind": counter_increase(before, after, "fraud_score_errors_total"),
     }
 
 
@@ -519,21 +582,23 @@ def run_rates(
     repeats: int,
     duration: float,
 ) -> tuple[list[dict[str, Any]], float | None]:
-    """Run every fixed rate ``repeats`` times; return the points and server p99."""
-    histogram = "fraud_score_request_duration_seconds"
+    """Run every fixed rate ``repeats`` times; return the points and server p99.
+
+    Each point carries the scorer's own figures over all of its runs.
+    """
     points, server_p99 = [], None
     for rate in rates:
-        before = histogram_buckets(base_url, histogram)
+        before = MetricsSnapshot.scrape(base_url)
         runs = [
             run_point(vegeta, env, base_url, key, "/score", rate, duration)
             for _ in range(repeats)
         ]
-        after = histogram_buckets(base_url, histogram)
+        server = server_figures(before, MetricsSnapshot.scrape(base_url))
         if rate == SERVER_P99_RATE:
-            server_p99 = round(histogram_quantile(before, after, 0.99) * 1000, 3)
+            server_p99 = server["server_p99_ms"]
         # A run without a single successful request is the worst.
         worst = max(runs, key=lambda run: run["p99_ms"] or float("inf"))
-        points.append({"target_rps": rate, **worst, "runs": runs})
+        points.append({"target_rps": rate, **worst, "runs": runs, **server})
     return points, server_p99
 
 
@@ -556,9 +621,7 @@ def run_benchmark(
             run_point(vegeta, env, base_url, key, "/noop", None, args.duration)
             for _ in range(args.repeats)
         ]
-        decisions = counter_samples(base_url, "fraud_score_decisions_total")
-        sources = counter_samples(base_url, "fraud_score_feature_source_total")
-        errors = counter_samples(base_url, "fraud_score_errors_total")
+        end = MetricsSnapshot.scrape(base_url)
     saturation_rps = max(run["achieved_rps"] for run in saturation)
     noop_rps = max(run["achieved_rps"] for run in noop)
     return {
@@ -569,9 +632,9 @@ def run_benchmark(
         "noop_saturation_runs": noop,
         "ratio_to_noop": round(saturation_rps / noop_rps, 3),
         "server_p99_ms_at_1000_rps": server_p99,
-        "decisions": decisions,
-        "feature_sources": sources,
-        "errors_by_kind": errors,
+        "decisions": end.counter("fraud_score_decisions_total"),
+        "feature_sources": end.counter("fraud_score_feature_source_total"),
+        "errors_by_kind": end.counter("fraud_score_errors_total"),
         "saturation_connections": SATURATION_CONNECTIONS,
         "duration_seconds_per_run": args.duration,
     }
