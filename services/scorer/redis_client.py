@@ -16,7 +16,12 @@ Redis is taken to be hung: the connection is closed, every command waiting on it
 fails with :class:`redis.exceptions.ConnectionError`, and the next command
 connects again. A failed connection attempt is not repeated for
 ``retry_seconds``; commands fail at once meanwhile, so that an outage costs
-requests no connection attempt each.
+requests no connection attempt each. A connection that closes before its first
+reply counts as a failed attempt too.
+
+Each command must get exactly one reply, or every later reply would go to the
+wrong caller. So a command without arguments is rejected, and so are those that
+change how Redis replies (:data:`NOT_ONE_REPLY` and ``CLIENT REPLY``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ Argument = str | bytes | int | float
 _INCOMPLETE = object()
 DEFAULT_PORT = 6379
 CLOSE_TIMEOUT_SECONDS = 1.0
+# Commands after which Redis sends no reply, several, or replies unasked;
+# CLIENT REPLY is one too.
+NOT_ONE_REPLY = frozenset(
+    {"MONITOR", "PSUBSCRIBE", "PSYNC", "SSUBSCRIBE", "SUBSCRIBE", "SYNC"}
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,23 @@ class RedisAddress:
 
 
 def pack_command(args: Sequence[Argument]) -> bytes:
-    """Encode one command as a RESP array of bulk strings."""
+    """Encode one command as a RESP array of bulk strings.
+
+    Raises:
+        ValueError: if ``args`` is empty or names a command of
+            :data:`NOT_ONE_REPLY`.
+        TypeError: if an argument is not text, bytes or a number.
+    """
+    if not args:
+        raise ValueError("A Redis command needs at least its name.")
+    name = _upper_text(args[0])
+    if name in NOT_ONE_REPLY or (
+        name == "CLIENT" and len(args) > 1 and _upper_text(args[1]) == "REPLY"
+    ):
+        raise ValueError(
+            f"Redis command {name} does not get exactly one reply, which this "
+            "client needs to match replies to commands."
+        )
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
@@ -111,6 +137,11 @@ def pack_command(args: Sequence[Argument]) -> bytes:
             raise TypeError(f"Redis argument {arg!r} is not text, bytes or a number.")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _upper_text(arg: Argument) -> str:
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+    return text.upper()
 
 
 class _Connection(asyncio.Protocol):
@@ -126,6 +157,8 @@ class _Connection(asyncio.Protocol):
         self._outgoing: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.error: Exception | None = None
+        self.replies = 0
         # Done once the transport is closed and its socket released.
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
@@ -134,8 +167,16 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a packed command; the future gets its reply."""
+        """Queue a packed command; the future gets its reply.
+
+        On a closed connection the future has failed already.
+        """
         future: asyncio.Future[Any] = self._loop.create_future()
+        if self.closed:
+            future.set_exception(
+                self.error or RedisConnectionError("the Redis connection is closed")
+            )
+            return future
         self._waiting.append((future, self._loop.time()))
         if not self._outgoing:
             self._loop.call_soon(self._write)
@@ -171,10 +212,11 @@ class _Connection(asyncio.Protocol):
             if reply is _INCOMPLETE:
                 return
             if not self._waiting:
-                unexpected = "Redis sent a reply to no pending command"
+                unexpected = f"Redis sent a reply to no pending command: {reply!r}"
                 self.close(RedisConnectionError(unexpected))
                 return
             future, _ = self._waiting.popleft()
+            self.replies += 1
             if future.done():
                 continue  # its caller gave up
             if isinstance(reply, ResponseError):
@@ -191,13 +233,20 @@ class _Connection(asyncio.Protocol):
         self._on_lost(self)
 
     def close(self, error: Exception) -> None:
-        """Close the connection and fail every waiting command with ``error``."""
+        """Close the connection and fail every waiting command with ``error``.
+
+        Data still in the transport's buffer is dropped: its commands have
+        failed, and a plain close would hold the socket until a hung Redis
+        read it.
+        """
         self._fail_waiting(error)
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def _fail_waiting(self, error: Exception) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            self.error = error
         self._outgoing.clear()
         while self._waiting:
             future, _ = self._waiting.popleft()
@@ -265,6 +314,7 @@ class MultiplexedRedis:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._failed_at = float("-inf")
         self._failure: Exception | None = None
+        self._closed = False
 
     def register_script(self, text: str) -> Script:
         """Return a callable that runs the Lua script ``text``."""
@@ -277,15 +327,11 @@ class MultiplexedRedis:
             redis.exceptions.ConnectionError: if Redis cannot be reached or the
                 connection was lost or closed as hung before the reply.
             redis.exceptions.ResponseError: if Redis replied with an error.
+            ValueError: if the command is empty or gets other than one reply.
         """
-        connection = self._connection
-        if connection is None or connection.closed or self._is_stale(connection):
-            connection = await self._connect()
-        if connection.pending() >= self._max_pending:
-            raise RedisConnectionError(
-                f"{self._max_pending} Redis commands are waiting for replies already"
-            )
-        return await connection.send(pack_command(args))
+        command = pack_command(args)
+        connection = await self._connection_for(1)
+        return await connection.send(command)
 
     async def execute_many(self, commands: Iterable[Sequence[Argument]]) -> list[Any]:
         """Send several commands in one write and return their replies in order.
@@ -293,11 +339,11 @@ class MultiplexedRedis:
         Raises:
             redis.exceptions.RedisError: the first failure among the commands,
                 after all of them have a reply or failed.
+            ValueError: if a command is empty or gets other than one reply.
         """
-        connection = self._connection
-        if connection is None or connection.closed or self._is_stale(connection):
-            connection = await self._connect()
-        futures = [connection.send(pack_command(command)) for command in commands]
+        packed = [pack_command(command) for command in commands]
+        connection = await self._connection_for(len(packed))
+        futures = [connection.send(command) for command in packed]
         replies = await asyncio.gather(*futures, return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException):
@@ -316,8 +362,9 @@ class MultiplexedRedis:
     async def aclose(self) -> None:
         """Close the connection and wait until its socket is released.
 
-        Commands still waiting fail.
+        Commands still waiting fail, and so do the commands sent afterwards.
         """
+        self._closed = True
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
@@ -327,6 +374,20 @@ class MultiplexedRedis:
             connection.close(RedisConnectionError("the Redis client was closed"))
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await connection.lost
+
+    async def _connection_for(self, commands: int) -> _Connection:
+        """Return the open connection, with room for ``commands`` more."""
+        if self._closed:
+            raise RedisConnectionError("the Redis client is closed")
+        connection = self._connection
+        if connection is None or connection.closed or self._is_stale(connection):
+            connection = await self._connect()
+        if connection.pending() + commands > self._max_pending:
+            raise RedisConnectionError(
+                f"{connection.pending()} Redis commands are waiting for replies "
+                f"already, and at most {self._max_pending} may"
+            )
+        return connection
 
     def _is_stale(self, connection: _Connection) -> bool:
         if connection.oldest_wait() <= self._stale:
@@ -345,14 +406,21 @@ class MultiplexedRedis:
             if loop.time() - self._failed_at < self._retry:
                 raise RedisConnectionError(
                     f"connecting to Redis failed {self._retry:g} s ago or less: "
-                    f"{self._failure}"
+                    f"{self._failure!r}"
                 )
             self._connecting = loop.create_task(self._open())
             # Read the outcome even when every caller gave up waiting for it.
             self._connecting.add_done_callback(_retrieve_outcome)
         task = self._connecting
-        # A caller that times out must not cancel the attempt others wait for.
-        return await asyncio.shield(task)
+        try:
+            # A caller that times out must not cancel the attempt others wait for.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # aclose() cancelled the attempt, not this caller's task.
+                raise RedisConnectionError("the Redis client was closed") from None
+            raise
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -401,3 +469,8 @@ class MultiplexedRedis:
     def _lost(self, connection: _Connection) -> None:
         if self._connection is connection:
             self._connection = None
+        if connection.replies == 0 and not self._closed:
+            # Accepted and closed unanswered: a full server (maxclients), a
+            # protected-mode refusal or a proxy without a backend. Back off.
+            self._failed_at = asyncio.get_running_loop().time()
+            self._failure = connection.error

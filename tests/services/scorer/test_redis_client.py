@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,9 @@ class RecordingTransport:
 
     def close(self) -> None:
         self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
 
 
 def record_writes(client: MultiplexedRedis) -> list[bytes]:
@@ -310,4 +314,120 @@ def test_many_waiting_commands_are_rejected(redis_url: str) -> None:
         finally:
             await client.aclose()
 
-    assert run(exceed_the_limit) == "2 Redis commands are waiting for replies already"
+    assert run(exceed_the_limit) == (
+        "2 Redis commands are waiting for replies already, and at most 2 may"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["SUBSCRIBE", "channel"], [b"monitor"], ["client", b"REPLY", "OFF"]],
+)
+def test_pack_command_rejects_other_than_one_reply(command: list[Any]) -> None:
+    with pytest.raises(ValueError, match="needs at least its name|exactly one reply"):
+        pack_command(command)
+
+
+def test_pack_command_accepts_other_client_subcommands() -> None:
+    assert pack_command(["CLIENT", "SETNAME", "scorer"]).startswith(b"*3\r\n")
+
+
+@contextlib.asynccontextmanager
+async def refusing_server() -> AsyncIterator[int]:
+    """Serve a port that accepts, sends an error line and closes, as a full Redis."""
+
+    async def refuse(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_refused_connection_fails_commands_then_backs_off() -> None:
+    async def ping_twice() -> list[str]:
+        async with refusing_server() as port:
+            client = MultiplexedRedis(f"redis://127.0.0.1:{port}/0", retry_seconds=5)
+            messages = []
+            for _ in range(2):
+                with pytest.raises(RedisConnectionError) as raised:
+                    # Bounded so that a command left without an answer fails
+                    # the test instead of hanging it.
+                    async with asyncio.timeout(5):
+                        await client.ping()
+                messages.append(str(raised.value))
+            await client.aclose()
+            return messages
+
+    first, second = run(ping_twice)
+
+    assert "max number of clients reached" in first
+    assert second.startswith("connecting to Redis failed 5 s ago or less")
+    assert "max number of clients reached" in second
+
+
+def test_commands_after_aclose_fail() -> None:
+    async def ping_after_close() -> str:
+        client = MultiplexedRedis(f"redis://127.0.0.1:{closed_port()}/0")
+        await client.aclose()
+        with pytest.raises(RedisConnectionError) as raised:
+            await client.ping()
+        return str(raised.value)
+
+    assert run(ping_after_close) == "the Redis client is closed"
+
+
+def test_aclose_during_connect_fails_waiting_callers(silent_port: int) -> None:
+    async def close_while_authenticating() -> BaseException | None:
+        # The handshake's AUTH never gets a reply from the silent port.
+        client = MultiplexedRedis(
+            f"redis://:secret@127.0.0.1:{silent_port}/0", connect_timeout_seconds=5
+        )
+        waiting = asyncio.ensure_future(client.ping())
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        await asyncio.gather(waiting, return_exceptions=True)
+        return waiting.exception()
+
+    failure = run(close_while_authenticating)
+
+    assert isinstance(failure, RedisConnectionError)
+    assert str(failure) == "the Redis client was closed"
+
+
+def test_aclose_releases_a_hung_connection_at_once(silent_port: int) -> None:
+    async def close_with_unsent_data() -> BaseException | None:
+        client = MultiplexedRedis(f"redis://127.0.0.1:{silent_port}/0")
+        await client._connect()
+        # More than the socket buffers hold, so most of it stays unsent.
+        pending = asyncio.ensure_future(client.execute("SET", "k", b"x" * 32_000_000))
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        await asyncio.gather(pending, return_exceptions=True)
+        return pending.exception()
+
+    failure = run(close_with_unsent_data)
+
+    assert isinstance(failure, RedisConnectionError)
+
+
+@pytest.mark.integration
+def test_execute_many_respects_the_pending_limit(redis_url: str) -> None:
+    async def send_too_many() -> str:
+        client = MultiplexedRedis(redis_url, max_pending=3)
+        try:
+            await client.ping()
+            with pytest.raises(RedisConnectionError) as raised:
+                await client.execute_many([("PING",)] * 4)
+            return str(raised.value)
+        finally:
+            await client.aclose()
+
+    assert run(send_too_many) == (
+        "0 Redis commands are waiting for replies already, and at most 3 may"
+    )
