@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pyarrow.dataset as ds
@@ -112,13 +113,32 @@ def offline_ids(settings: PlatformSettings) -> set[str]:
     return set(table.column("transaction_id").to_pylist())
 
 
-def wait_for(condition, what: str) -> None:
+def wait_for(
+    condition,
+    what: str,
+    log_dir: Path | None = None,
+    job: subprocess.Popen | None = None,
+) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(1)
-    pytest.fail(f"timed out after {WAIT_SECONDS} s waiting for {what}")
+    message = f"timed out after {WAIT_SECONDS} s waiting for {what}"
+    if log_dir is not None and job is not None:
+        message += f"; job exit code {job.poll()}\n{job_log_problems(log_dir)}"
+    pytest.fail(message)
+
+
+def job_log_problems(log_dir: Path, lines: int = 40) -> str:
+    """Return the last warnings and errors of the Flink logs in ``log_dir``."""
+    problems = [
+        line
+        for log in sorted(log_dir.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if " WARN " in line or " ERROR " in line or "Exception" in line
+    ]
+    return "\n".join(problems[-lines:]) or "no warnings in the Flink log"
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +157,9 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
         "FRAUD_ALLOWED_LATENESS_MS": str(HOUR_MS),
         "FRAUD_STREAM_METRICS_PORT": str(metrics_port),
     }
+    # A log of its own, which later jobs of the session do not overwrite.
+    log_dir = settings.offline_store.parent / "faults-flink-log"
+    environment["FLINK_LOG_DIR"] = str(log_dir)
     job = subprocess.Popen(
         [sys.executable, "-m", "streaming.features_job"], env=environment
     )
@@ -149,6 +172,8 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
         wait_for(
             lambda: set(on_time_ids[:40]) <= offline_ids(settings),
             "offline rows of the on-time transactions",
+            log_dir,
+            job,
         )
 
         # Two days behind a watermark that has passed START + 40 hours.
