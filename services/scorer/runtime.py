@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -62,6 +63,12 @@ class Runtime:
     rollout: Rollout | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Tree SHAP takes a millisecond or more per request and LightGBM releases
+    # the GIL meanwhile, so it runs here while the event loop serves others.
+    # One thread keeps the explanations to one core beside the loop.
+    explain_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="explain")
+    )
 
     @property
     def model(self) -> ServedModel | None:
@@ -227,6 +234,7 @@ async def close_runtime(runtime: Runtime) -> None:
     await asyncio.to_thread(runtime.events.close)
     await runtime.redis.aclose()
     await runtime.pg_pool.close()
+    runtime.explain_executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def load_model_once(runtime: Runtime) -> bool:

@@ -85,7 +85,7 @@ def _newest_counted(
     return None
 
 
-def judge(
+async def judge(
     runtime: Runtime,
     served: ServedModel,
     policy: DecisionPolicy,
@@ -116,7 +116,10 @@ def judge(
     # contributions to every request.
     reasons: list[dict[str, Any]] = []
     if model_decision != "allow" and served.explainer is not None:
-        reasons = [r.model_dump() for r in served.explainer.reasons(features)]
+        found = await asyncio.get_running_loop().run_in_executor(
+            runtime.explain_executor, served.explainer.reasons, features
+        )
+        reasons = [reason.model_dump() for reason in found]
         elapsed = time.perf_counter() - inferred
         runtime.metrics.child(stages, "explain").observe(elapsed)
     return Verdict(probability, decision, [rule.name for rule in hits], reasons)
@@ -218,7 +221,7 @@ async def score_transaction(
         if answer is not None:
             return answer
 
-    response, stored, features = decide(
+    response, stored, features = await decide(
         runtime, decider, shadows, record, lookup, digest
     )
     if lookup.redis_responded:
@@ -247,7 +250,7 @@ async def claim_in_postgres(
         return None
 
 
-def decide(
+async def decide(
     runtime: Runtime,
     decider: Deployed,
     shadows: tuple[Deployed, ...],
@@ -281,7 +284,7 @@ def decide(
         segment = NO_SEGMENT if histories.segment is None else histories.segment
         features[CUSTOMER_SEGMENT] = float(segment)
     degraded = lookup.source == "default"
-    verdict = judge(runtime, served, decider.policy, features, degraded, segment)
+    verdict = await judge(runtime, served, decider.policy, features, degraded, segment)
     decided_ms = time.time_ns() // 1_000_000
     response = build_response(record, served, verdict, lookup.source, decided_ms)
     response["segment"] = segment
