@@ -5,8 +5,9 @@ Measures, in one run on this machine:
 * the pandas batch reference computing the features of every transaction;
 * the replay of every transaction and label into Kafka, and the PyFlink job
   consuming them into Redis, PostgreSQL and Parquet (bounded), with the resident
-  memory and CPU time of the job's processes sampled every two seconds, and the
-  records it sent to the late-events and dead-letter topics;
+  memory and CPU time of the job's processes and the state size of its latest
+  checkpoint sampled every two seconds, and the records it sent to the
+  late-events and dead-letter topics;
 * freshness at a steady rate: each transaction produced with the wall clock as
   its event time, and the time until its event is visible in Redis, recorded in
   a Prometheus histogram (``reports/bench/freshness.prom``).
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import pandas as pd
 import redis
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Histogram, write_to_textfile
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import stack
 from fraudcore.features import CustomerEvent
@@ -40,6 +43,7 @@ from fraudcore.store import customer_key, encode_customer_member
 from fraudcore.timeutil import format_timestamp_ms
 from streaming import replay
 from streaming.batch_features import batch_features
+from streaming.job_metrics import free_port
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +128,20 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
     log_path = settings.offline_store.parent / "job.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     samples: list[tuple[float, float]] = []
+    state_samples: list[tuple[float, float]] = []
     cpu_seconds = 0.0
+    metrics_port = free_port()
+    environment = job_environment(settings, FRAUD_STREAM_METRICS_PORT=str(metrics_port))
     load_at_start = os.getloadavg()
     started = time.perf_counter()
     with log_path.open("w") as output:
-        job = subprocess.Popen(
-            command, env=job_environment(settings), stdout=output, stderr=output
-        )
+        job = subprocess.Popen(command, env=environment, stdout=output, stderr=output)
         while job.poll() is None:
-            samples.append(
-                (time.perf_counter() - started, process_tree_rss_mb(job.pid))
-            )
+            elapsed = time.perf_counter() - started
+            samples.append((elapsed, process_tree_rss_mb(job.pid)))
+            state_bytes = checkpoint_state_bytes(metrics_port)
+            if state_bytes is not None:
+                state_samples.append((elapsed, state_bytes / 2**20))
             cpu_seconds = max(cpu_seconds, process_tree_cpu_seconds(job.pid))
             time.sleep(2)
     seconds = time.perf_counter() - started
@@ -152,6 +159,7 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
         "late_events": stack.topic_records(settings, settings.late_events_topic),
         "dead_letters": stack.topic_records(settings, settings.dead_letter_topic),
         "memory_mib": _memory_summary(samples),
+        "checkpoint_state_mib": _memory_summary(state_samples),
         "load_average": _load_averages(load_at_start),
         "settings": settings,
     }
@@ -165,7 +173,26 @@ def _load_averages(at_start: tuple[float, float, float]) -> dict[str, list[float
     }
 
 
+def checkpoint_state_bytes(metrics_port: int) -> float | None:
+    """Return the job's latest checkpoint state size from its metrics endpoint.
+
+    None before the first checkpoint, and while the endpoint does not answer
+    (the job starting or ending).
+    """
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "fraud_stream_checkpoint_state_bytes":
+            return float(family.samples[0].value)
+    return None
+
+
 def _memory_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    """Summarize sizes in MiB sampled over a run: maximum and quarter means."""
     if not samples:
         return {}
     rss = np.array([mib for _, mib in samples])

@@ -18,6 +18,9 @@ Exported, labelled by ``operator`` (such as ``parse_transactions``) or by
 * ``fraud_stream_records_in_total{task}``: records each task has read.
 * ``fraud_stream_watermark_seconds{task}``: the task's input watermark as epoch
   seconds, so ``time() - fraud_stream_watermark_seconds`` is its event-time lag.
+* ``fraud_stream_checkpoint_state_bytes``: full state size of the latest
+  completed checkpoint, which shows whether the job's state stays bounded;
+  absent before the first checkpoint completes.
 * ``fraud_stream_up``: 1 while the REST API returns the job's metrics, else 0.
 """
 
@@ -139,6 +142,17 @@ class FlinkRestClient:
                 values.append(_value(vertex["name"], item))
         return values
 
+    def checkpoint_state_bytes(self) -> float | None:
+        """Return the full state size of the latest completed checkpoint.
+
+        None before a checkpoint completes.
+
+        Raises:
+            OSError: if the REST API cannot be reached or returns an error.
+        """
+        completed = self._get("/checkpoints")["latest"]["completed"]
+        return None if completed is None else float(completed["state_size"])
+
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(
             self._base + path, timeout=REST_TIMEOUT_SECONDS
@@ -165,7 +179,8 @@ class FlinkJobCollector(Collector):
         )
         try:
             values = self._client.vertex_metrics()
-        except (OSError, ValueError, KeyError) as exc:
+            state_bytes = self._client.checkpoint_state_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning(
                 "reading the job's metrics from the Flink REST API failed: %s", exc
             )
@@ -175,6 +190,12 @@ class FlinkJobCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from _families(values)
+        if state_bytes is not None:
+            yield GaugeMetricFamily(
+                "fraud_stream_checkpoint_state_bytes",
+                "Full state size of the job's latest completed checkpoint.",
+                value=state_bytes,
+            )
 
 
 def _families(values: list[MetricValue]) -> Iterator[Metric]:

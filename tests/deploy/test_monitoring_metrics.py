@@ -44,6 +44,9 @@ class FixedClient:
                 values.append(MetricValue("task", f"operator.{suffix}", 1.0))
         return values
 
+    def checkpoint_state_bytes(self) -> float:
+        return 1.0
+
 
 def series_labels(registry: CollectorRegistry) -> dict[str, set[str]]:
     """Map each series name that ``registry`` exposes to its label names."""

@@ -18,11 +18,17 @@ from streaming.job_metrics import (
 class FixedClient:
     """A REST client that returns the same metrics at every scrape."""
 
-    def __init__(self, values: list[MetricValue]) -> None:
+    def __init__(
+        self, values: list[MetricValue], state_bytes: float | None = None
+    ) -> None:
         self._values = values
+        self._state_bytes = state_bytes
 
     def vertex_metrics(self) -> list[MetricValue]:
         return self._values
+
+    def checkpoint_state_bytes(self) -> float | None:
+        return self._state_bytes
 
 
 def exported(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -101,3 +107,13 @@ def test_job_metrics_serve_defaults_to_loopback(monkeypatch):
     monkeypatch.setattr(job_metrics, "start_http_server", recording_start(bound))
     job_metrics.serve(9250, "http://127.0.0.1:8081", "0" * 32)
     assert bound["addr"] == "127.0.0.1"
+
+
+def test_job_metrics_checkpoint_state_size():
+    state = ("fraud_stream_checkpoint_state_bytes", ())
+
+    before = exported(FixedClient([]))
+    after = exported(FixedClient([], state_bytes=123_456.0))
+
+    assert state not in before
+    assert after[state] == 123_456.0
