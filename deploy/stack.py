@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -513,6 +515,29 @@ def _let_user_reach(path: Path, user: str) -> None:
                 path,
             )
             ancestor.chmod(ancestor.stat().st_mode | stat.S_IXOTH)
+
+
+@contextmanager
+def created_database(settings: PlatformSettings, name: str) -> Iterator[str]:
+    """Create the database ``name`` beside the settings' one, yield its DSN, drop it.
+
+    Tests and benchmarks use one each, so that they leave the platform's own
+    tables alone. The drop ends the connections still open to it.
+    """
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield settings.pg_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
 
 
 def _pg_answers(dsn: str) -> bool:

@@ -19,12 +19,15 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +55,29 @@ AMOUNT = 42.0
 FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
-def bench_settings(base: PlatformSettings, name: str) -> PlatformSettings:
-    """Return settings with topics, key prefix and stores of their own."""
+@contextmanager
+def bench_settings(base: PlatformSettings, name: str) -> Iterator[PlatformSettings]:
+    """Yield settings with topics, Redis keys, a database and stores of their own.
+
+    All of them are removed afterwards, so a run leaves nothing on a shared
+    stack and never writes the platform's own tables. The folder of a failed
+    run stays, for its job log.
+    """
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    return base.namespaced(prefix, base.state_dir / "bench" / prefix / "offline")
+    folder = base.state_dir / "bench" / prefix
+    settings = base.namespaced(prefix, folder / "offline")
+    with stack.created_database(base, prefix.replace("-", "_")) as dsn:
+        settings = settings.model_copy(update={"pg_dsn": dsn})
+        try:
+            yield settings
+        except BaseException:
+            log.error("the %s run failed; its job log stays in %s", name, folder)
+            raise
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            stack.delete_topics(settings, settings.topics())
+            stack.delete_redis_keys(settings)
 
 
 def job_environment(settings: PlatformSettings, **extra: str) -> dict[str, str]:
@@ -112,7 +134,11 @@ def measure_reference(frame: pd.DataFrame) -> float:
 
 def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any]:
     """Replay every transaction and label, then time the bounded feature job."""
-    settings = bench_settings(base, "throughput")
+    with bench_settings(base, "throughput") as settings:
+        return _replay_and_run(settings, frame)
+
+
+def _replay_and_run(settings: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any]:
     stack.create_topics(settings)
     started = time.perf_counter()
     result = replay.replay(
@@ -161,7 +187,6 @@ def measure_stream(base: PlatformSettings, frame: pd.DataFrame) -> dict[str, Any
         "memory_mib": _memory_summary(samples),
         "checkpoint_state_mib": _memory_summary(state_samples),
         "load_average": _load_averages(load_at_start),
-        "settings": settings,
     }
 
 
@@ -209,7 +234,13 @@ def measure_freshness(
     base: PlatformSettings, rate: int, seconds: int, sample_every: int = 5
 ) -> dict[str, Any]:
     """Produce at a steady ``rate`` and time each sampled event until Redis has it."""
-    settings = bench_settings(base, "freshness")
+    with bench_settings(base, "freshness") as settings:
+        return _paced_freshness(settings, rate, seconds, sample_every)
+
+
+def _paced_freshness(
+    settings: PlatformSettings, rate: int, seconds: int, sample_every: int
+) -> dict[str, Any]:
     stack.create_topics(settings)
     log_path = settings.offline_store.parent / "job.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         reference_load_average = _load_averages(reference_load)
         log.info("pandas reference: %.1f s", reference_seconds)
         stream = measure_stream(base, frame)
-        stream.pop("settings")
         freshness = measure_freshness(base, args.rate, args.freshness_seconds)
     finally:
         stack.down(base, started_servers)

@@ -12,16 +12,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
-from psycopg import sql
 
 from deploy import stack
+from deploy.stack import created_database
 from fraudcore.settings import PlatformSettings
 from streaming import replay
 
@@ -39,22 +37,6 @@ def base_settings() -> Iterator[PlatformSettings]:
     started = stack.up(settings)
     yield settings
     stack.down(settings, started)
-
-
-@contextmanager
-def created_database(settings: PlatformSettings, database: str) -> Iterator[str]:
-    """Create a PostgreSQL database, yield its DSN, and drop it afterwards."""
-    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    try:
-        yield settings.pg_dsn.rsplit("/", 1)[0] + f"/{database}"
-    finally:
-        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(database)
-                )
-            )
 
 
 @pytest.fixture(scope="session")
