@@ -184,8 +184,8 @@ def _replay_and_run(settings: PlatformSettings, frame: pd.DataFrame) -> dict[str
         "cpu_seconds": round(cpu_seconds, 1),
         "late_events": stack.topic_records(settings, settings.late_events_topic),
         "dead_letters": stack.topic_records(settings, settings.dead_letter_topic),
-        "memory_mib": _memory_summary(samples),
-        "checkpoint_state_mib": _memory_summary(state_samples),
+        "memory_mib": _size_summary(samples),
+        "checkpoint_state_mib": _size_summary(state_samples),
         "load_average": _load_averages(load_at_start),
     }
 
@@ -201,7 +201,7 @@ def _load_averages(at_start: tuple[float, float, float]) -> dict[str, list[float
 def checkpoint_state_bytes(metrics_port: int) -> float | None:
     """Return the job's latest checkpoint state size from its metrics endpoint.
 
-    None before the first checkpoint, and while the endpoint does not answer
+    None before the first checkpoint, and while the endpoint does not respond
     (the job starting or ending).
     """
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -216,18 +216,22 @@ def checkpoint_state_bytes(metrics_port: int) -> float | None:
     return None
 
 
-def _memory_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
-    """Summarize sizes in MiB sampled over a run: maximum and quarter means."""
+def _size_summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    """Summarize sizes in MiB sampled over a run: maximum and quarter means.
+
+    The quarter means need at least four samples, and are left out below that.
+    """
     if not samples:
         return {}
-    rss = np.array([mib for _, mib in samples])
-    quarter = max(1, len(rss) // 4)
-    return {
-        "max": round(float(rss.max()), 1),
-        "second_quarter_mean": round(float(rss[quarter : 2 * quarter].mean()), 1),
-        "last_quarter_mean": round(float(rss[-quarter:].mean()), 1),
-        "samples": len(rss),
-    }
+    sizes = np.array([mib for _, mib in samples])
+    summary: dict[str, Any] = {"max": round(float(sizes.max()), 1)}
+    quarter = len(sizes) // 4
+    if quarter:
+        second = sizes[quarter : 2 * quarter].mean()
+        summary["second_quarter_mean"] = round(float(second), 1)
+        summary["last_quarter_mean"] = round(float(sizes[-quarter:].mean()), 1)
+    summary["samples"] = len(sizes)
+    return summary
 
 
 def measure_freshness(
