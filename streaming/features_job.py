@@ -167,7 +167,7 @@ class _OnlineStoreWrites:
 
     The operator only queues events. The thread writes a batch as soon as it is
     full and a partial one every ``writer_flush_ms``, so the operator goes on
-    parsing while Redis answers, and no timer is needed (a non-keyed operator
+    parsing while Redis replies, and no timer is needed (a non-keyed operator
     cannot register one). The operator waits when ``MAX_QUEUED_BATCHES`` are
     queued, which passes Redis's pace back to the sources.
 
@@ -437,8 +437,8 @@ def _watermarks(settings: StreamJobSettings) -> WatermarkStrategy:
     # a bounded run failed once a partition finished ("No current assignment
     # for partition").
     # NOTE: started on a backlog in one partition while another partition of
-    # the topic is empty, the job never advanced its watermark in tests, with a
-    # 1 s or 3 s idleness timeout: no windows closed and no offline rows came.
+    # the topic is empty, the job never advanced its watermark in tests. With a
+    # 1 s or a 3 s idleness timeout, no window closed and no offline row came.
     # Records that arrive after the empty partition went idle pass. This stays
     # until a test that produces before the job starts passes.
     bound_ms = settings.out_of_orderness_ms + settings.allowed_lateness_ms

@@ -356,7 +356,7 @@ def test_refused_connection_fails_commands_then_backs_off() -> None:
             messages = []
             for _ in range(2):
                 with pytest.raises(RedisConnectionError) as raised:
-                    # Bounded so that a command left without an answer fails
+                    # Bounded so that a command left without a reply fails
                     # the test instead of hanging it.
                     async with asyncio.timeout(5):
                         await client.ping()
