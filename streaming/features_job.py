@@ -59,6 +59,7 @@ from pyflink.common import Configuration, Duration, Row, Types, WatermarkStrateg
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream import (
     CoProcessFunction,
+    DataStream,
     OutputTag,
     RuntimeContext,
     StreamExecutionEnvironment,
@@ -71,6 +72,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 from pyflink.table import Schema, StatementSet, StreamTableEnvironment
+from pyflink.util.java_utils import load_java_class
 
 from fraudcore import features
 from fraudcore.features import CustomerEvent, DeviceEvent, TerminalLabel
@@ -104,6 +106,10 @@ class StreamJobSettings(LoaderSettings):
 
     consumer_group: str = "fraud-features"
     checkpoint_dir: Path = REPO_ROOT / ".state" / "checkpoints"
+    # NOTE: above 1, a parsing subtask whose partitions all fall silent keeps
+    # the watermark of every window at its last value until they send again,
+    # because the windows ignore idleness (see _never_idle). This stays until
+    # the windows can follow idle subtasks without dropping rows as late.
     parallelism: int = 1
     checkpoint_interval_ms: int = 10_000
     # Bound on how far out of order events arrive within one Kafka partition.
@@ -375,6 +381,10 @@ class ParseRecords(CoProcessFunction):
         return None, (LATE_EVENTS, late_event(kind, fields, event_ms, watermark))
 
 
+# The operator that keeps the idle status away from the windows.
+NEVER_IDLE = "org.fraudplatform.streaming.NeverIdle"
+
+
 # --- wiring ----------------------------------------------------------------------
 
 
@@ -436,12 +446,6 @@ def _watermarks(settings: StreamJobSettings) -> WatermarkStrategy:
     # bound the gap, but with the Kafka connector of deploy/local/flink-pom.xml
     # a bounded run failed once a partition finished ("No current assignment
     # for partition").
-    # NOTE: with one partition of a topic empty, the job at times never
-    # advances its watermark, so no window closes and no offline row comes.
-    # Seen with records present at its start, 0.4 s after its sources went
-    # idle, and after its first checkpoint, with 1 s and 3 s idleness timeouts.
-    # Records a few seconds after the start mostly passed. This stays until the
-    # fault test passes with its records produced before the job starts.
     bound_ms = settings.out_of_orderness_ms + settings.allowed_lateness_ms
     return WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(bound_ms)
@@ -471,13 +475,14 @@ def build_pipeline(
         .process(ParseRecords(settings), output_type=TRANSACTION_FIELDS)
         .name("parse records")
     )
-    labels = transactions.get_side_output(LABEL_ROWS)
+    labels = _never_idle(transactions.get_side_output(LABEL_ROWS))
     for tag, topic, name in (
         (DEAD_LETTERS, settings.dead_letter_topic, "dead letters"),
         (LATE_EVENTS, settings.late_events_topic, "late events"),
     ):
         reports = transactions.get_side_output(tag)
         reports.sink_to(_kafka_sink(settings, topic)).name(name)
+    transactions = _never_idle(transactions)
 
     table_env = StreamTableEnvironment.create(env)
     table_config = table_env.get_config()
@@ -516,6 +521,19 @@ def build_pipeline(
         f"INSERT INTO online_changelog {changelog_query('transactions', 'labels')}"
     )
     return statements
+
+
+def _never_idle(stream: DataStream) -> DataStream:
+    """Pass ``stream`` through the Java operator ``NeverIdle``, which keeps the
+    rows and watermarks and drops the idle status.
+
+    Every path into the windows starts here, so each carries the parsing
+    operator's watermark, and none can run ahead of another. The class comment
+    of ``NeverIdle`` in streaming/java explains why.
+    """
+    j_stream = stream._j_data_stream
+    operator = load_java_class(NEVER_IDLE).newInstance()
+    return DataStream(j_stream.transform("never idle", j_stream.getType(), operator))
 
 
 def _event_time_schema(time_column: str) -> Schema:

@@ -36,6 +36,8 @@ pytestmark = pytest.mark.integration
 START_MS = parse_timestamp_ms("2018-07-01T00:00:00Z")
 HOUR_MS = 3_600_000
 WAIT_SECONDS = 120
+# End hour (exclusive) of the transactions produced after the job fell idle.
+RESUMED_UNTIL = 56
 
 BAD_RECORDS = {
     b"{not json": "not valid JSON",
@@ -59,6 +61,7 @@ class FaultRun:
 
     settings: PlatformSettings
     on_time_ids: list[str]
+    resumed_ids: list[str]
     late_id: str
     metrics_url: str
 
@@ -172,43 +175,44 @@ def fault_run(test_settings: PlatformSettings) -> Iterator[FaultRun]:
     # A log of its own, which later jobs of the session do not overwrite.
     log_dir = settings.offline_store.parent / "faults-flink-log"
     environment["FLINK_LOG_DIR"] = str(log_dir)
+    # Records already waiting when the job starts, so the sources read them at
+    # once and all fall idle together.
+    on_time = [(f"on-time-{i}", START_MS + i * HOUR_MS) for i in range(48)]
+    records = [(encode(transaction(i, ms)), ms) for i, ms in on_time]
+    records += [(raw, START_MS + HOUR_MS) for raw in BAD_RECORDS]
+    produce(settings, records)
+    on_time_ids = [tx_id for tx_id, _ in on_time]
     job = subprocess.Popen(
         [sys.executable, "-m", "streaming.features_job"], env=environment
     )
     try:
-        # The records go out once the source has found partition 0 empty, so
-        # they reach a running source. Records already in partition 0 when the
-        # job starts stall it (the NOTE in streaming/features_job.py).
-        wait_for(
-            lambda: split_idle(log_dir, f"{settings.transactions_topic}-0"),
-            "the job's transactions source to start reading",
-            log_dir,
-            job,
-        )
-        on_time = [(f"on-time-{i}", START_MS + i * HOUR_MS) for i in range(48)]
-        records = [(encode(transaction(i, ms)), ms) for i, ms in on_time]
-        records += [(raw, START_MS + HOUR_MS) for raw in BAD_RECORDS]
-        produce(settings, records)
-        on_time_ids = [tx_id for tx_id, _ in on_time]
         wait_for(
             lambda: set(on_time_ids[:40]) <= offline_ids(settings),
             "offline rows of the on-time transactions",
             log_dir,
             job,
         )
-
+        # Once the burst is read, partition 0 falls idle like the empty one,
+        # and the records below wake the job up again.
+        wait_for(
+            lambda: split_idle(log_dir, f"{settings.transactions_topic}-0"),
+            "the job's transactions source to fall idle",
+            log_dir,
+            job,
+        )
         # Two days behind a watermark that has passed START + 40 hours.
         late_ms = START_MS - 48 * HOUR_MS
-        after_ms = START_MS + 48 * HOUR_MS
+        resumed = [
+            (f"resumed-{i}", START_MS + i * HOUR_MS) for i in range(48, RESUMED_UNTIL)
+        ]
         produce(
             settings,
-            [
-                (encode(transaction("late-1", late_ms)), late_ms),
-                (encode(transaction("after-late", after_ms)), after_ms),
-            ],
+            [(encode(transaction("late-1", late_ms)), late_ms)]
+            + [(encode(transaction(i, ms)), ms) for i, ms in resumed],
         )
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        yield FaultRun(settings, on_time_ids, "late-1", metrics_url)
+        resumed_ids = [tx_id for tx_id, _ in resumed]
+        yield FaultRun(settings, on_time_ids, resumed_ids, "late-1", metrics_url)
     finally:
         job.terminate()
         job.wait(timeout=60)
@@ -227,6 +231,17 @@ def test_stream_faults_bad_records_go_to_dead_letters(fault_run):
 
 def test_stream_faults_empty_partition_does_not_stall(fault_run):
     assert set(fault_run.on_time_ids[:40]) <= offline_ids(fault_run.settings)
+
+
+def test_stream_faults_features_resume_after_idleness(fault_run):
+    # The watermark trails the newest event by the allowed lateness (an hour)
+    # plus the out-of-orderness bound, so all but the two newest transactions
+    # have their rows in the end.
+    expected = set(fault_run.on_time_ids) | set(fault_run.resumed_ids[:-2])
+    wait_for(
+        lambda: expected <= offline_ids(fault_run.settings),
+        "offline rows of the transactions after the job fell idle",
+    )
 
 
 def test_stream_faults_late_event_goes_to_late_topic(fault_run):
