@@ -11,6 +11,7 @@ never started nor stopped here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import secrets
@@ -130,16 +131,27 @@ def function_jar(target: Path) -> Path:
 
     The sources in ``streaming/java`` are compiled with ``javac`` against the
     Flink jars of the installed PyFlink, so they match the Flink that runs them.
-    As with ``make``, the jar is stale when a source is newer than it.
+    The jar is stale when the digest of the sources' paths and contents differs
+    from the one stored beside it, so a checkout of other sources with older
+    modification times (another branch, say) rebuilds it too. A jar without a
+    stored digest is stale when a source is newer than it.
 
     Raises:
         StackError: if ``javac`` or ``jar`` fails; its output is in the message.
     """
     sources = sorted(FUNCTION_SOURCES.rglob("*.java"))
     jar = target / FUNCTION_JAR
-    newest_source = max(source.stat().st_mtime for source in sources)
-    if jar.exists() and jar.stat().st_mtime >= newest_source:
-        return jar
+    digest_file = target / f"{FUNCTION_JAR}.sha256"
+    digest = _sources_digest(sources)
+    if jar.exists() and digest_file.exists():
+        if digest_file.read_text() == digest:
+            return jar
+    elif jar.exists():
+        # The container image builds the jar without Python, so it has no
+        # digest. It is built after the sources are copied, so a newer jar is fresh.
+        newest_source = max(source.stat().st_mtime for source in sources)
+        if jar.stat().st_mtime >= newest_source:
+            return jar
     log.info("compiling the feature job's functions into %s", jar)
     target.mkdir(parents=True, exist_ok=True)
     flink_lib = Path(pyflink.__file__).resolve().parent / "lib"
@@ -161,7 +173,16 @@ def function_jar(target: Path) -> Path:
                     f"{result.stdout}{result.stderr}"
                 )
         os.replace(built, jar)
+    digest_file.write_text(digest)
     return jar
+
+
+def _sources_digest(sources: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(str(source.relative_to(FUNCTION_SOURCES)).encode() + b"\0")
+        digest.update(source.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 # Servers this process started, kept so that their exit can be seen (and

@@ -1,8 +1,10 @@
-"""Formatting the local Kafka node's storage."""
+"""Formatting the local Kafka node's storage and compiling the job's Java code."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,54 @@ def test_format_accepts_cluster_id_with_dash(tmp_path: Path) -> None:
 
     assert formatted.returncode == 0, formatted.stderr
     assert f"cluster.id={cluster_id}" in (data_dir / "meta.properties").read_text()
+
+
+def write_source(folder: Path, name: str, body: str, mtime: float) -> None:
+    source = folder / "org" / "example" / f"{name}.java"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(f"package org.example;\npublic class {name} {{ {body} }}\n")
+    os.utime(source, (mtime, mtime))
+
+
+def jar_classes(jar: Path) -> set[str]:
+    with zipfile.ZipFile(jar) as archive:
+        return {name for name in archive.namelist() if name.endswith(".class")}
+
+
+def test_function_jar_rebuilt_for_older_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources, target = tmp_path / "java", tmp_path / "jars"
+    monkeypatch.setattr(stack, "FUNCTION_SOURCES", sources)
+    write_source(sources, "First", "", mtime=1_000_000_000)
+    jar = stack.function_jar(target)
+    built_at = jar.stat().st_mtime_ns
+
+    assert stack.function_jar(target).stat().st_mtime_ns == built_at
+
+    # Another checkout: an added class whose file is older than the jar.
+    write_source(sources, "Second", "", mtime=1_000_000_000)
+    rebuilt = stack.function_jar(target)
+
+    assert jar_classes(rebuilt) == {
+        "org/example/First.class",
+        "org/example/Second.class",
+    }
+
+
+def test_function_jar_without_digest_uses_mtimes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources, target = tmp_path / "java", tmp_path / "jars"
+    monkeypatch.setattr(stack, "FUNCTION_SOURCES", sources)
+    write_source(sources, "First", "", mtime=1_000_000_000)
+    jar = stack.function_jar(target)
+    # The container image builds the jar after the sources, with no digest.
+    (target / f"{stack.FUNCTION_JAR}.sha256").unlink()
+    built_at = jar.stat().st_mtime_ns
+
+    assert stack.function_jar(target).stat().st_mtime_ns == built_at
+
+    write_source(sources, "First", "int x;", mtime=jar.stat().st_mtime + 60)
+
+    assert stack.function_jar(target).stat().st_mtime_ns != built_at
