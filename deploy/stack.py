@@ -124,6 +124,8 @@ def flink_jars(settings: PlatformSettings) -> list[Path]:
 
 FUNCTION_SOURCES = REPO_ROOT / "streaming" / "java" / "src" / "main" / "java"
 FUNCTION_JAR = "fraud-functions.jar"
+# Beside the jar: the digest of the sources it was built from.
+FUNCTION_JAR_DIGEST = f"{FUNCTION_JAR}.sha256"
 
 
 def function_jar(target: Path) -> Path:
@@ -141,17 +143,10 @@ def function_jar(target: Path) -> Path:
     """
     sources = sorted(FUNCTION_SOURCES.rglob("*.java"))
     jar = target / FUNCTION_JAR
-    digest_file = target / f"{FUNCTION_JAR}.sha256"
+    digest_path = target / FUNCTION_JAR_DIGEST
     digest = _sources_digest(sources)
-    if jar.exists() and digest_file.exists():
-        if digest_file.read_text() == digest:
-            return jar
-    elif jar.exists():
-        # The container image builds the jar without Python, so it has no
-        # digest. It is built after the sources are copied, so a newer jar is fresh.
-        newest_source = max(source.stat().st_mtime for source in sources)
-        if jar.stat().st_mtime >= newest_source:
-            return jar
+    if _jar_is_fresh(jar, digest_path, digest, sources):
+        return jar
     log.info("compiling the feature job's functions into %s", jar)
     target.mkdir(parents=True, exist_ok=True)
     flink_lib = Path(pyflink.__file__).resolve().parent / "lib"
@@ -173,8 +168,20 @@ def function_jar(target: Path) -> Path:
                     f"{result.stdout}{result.stderr}"
                 )
         os.replace(built, jar)
-    digest_file.write_text(digest)
+    digest_path.write_text(digest)
     return jar
+
+
+def _jar_is_fresh(
+    jar: Path, digest_path: Path, digest: str, sources: list[Path]
+) -> bool:
+    if not jar.exists():
+        return False
+    if digest_path.exists():
+        return digest_path.read_text() == digest
+    # The container image builds the jar without Python, so it has no digest.
+    # It is built after the sources are copied, so a newer jar is fresh.
+    return jar.stat().st_mtime >= max(source.stat().st_mtime for source in sources)
 
 
 def _sources_digest(sources: list[Path]) -> str:

@@ -381,7 +381,7 @@ class ParseRecords(CoProcessFunction):
         return None, (LATE_EVENTS, late_event(kind, fields, event_ms, watermark))
 
 
-# The operator that keeps the idle status away from the windows.
+# Java class of the operator that drops the idle status (streaming/java).
 NEVER_IDLE = "org.fraudplatform.streaming.NeverIdle"
 
 
@@ -524,12 +524,12 @@ def build_pipeline(
 
 
 def _never_idle(stream: DataStream) -> DataStream:
-    """Pass ``stream`` through the Java operator ``NeverIdle``, which keeps the
-    rows and watermarks and drops the idle status.
+    """Pass ``stream`` through ``NeverIdle``, which drops the idle status.
 
     Every path into the windows starts here, so each carries the parsing
-    operator's watermark, and none can run ahead of another. The class comment
-    of ``NeverIdle`` in streaming/java explains why.
+    operator's watermark, and no window follows one path's watermark while
+    another path still brings rows behind it. The class comment of
+    ``NeverIdle`` in streaming/java explains why.
     """
     j_stream = stream._j_data_stream
     operator = load_java_class(NEVER_IDLE).newInstance()

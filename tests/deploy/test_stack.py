@@ -48,19 +48,26 @@ def jar_classes(jar: Path) -> set[str]:
         return {name for name in archive.namelist() if name.endswith(".class")}
 
 
-def test_function_jar_rebuilt_for_older_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sources, target = tmp_path / "java", tmp_path / "jars"
+@pytest.fixture
+def function_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Return a source folder of one old class, used in place of streaming/java."""
+    sources = tmp_path / "java"
     monkeypatch.setattr(stack, "FUNCTION_SOURCES", sources)
     write_source(sources, "First", "", mtime=1_000_000_000)
+    return sources
+
+
+def test_function_jar_rebuilt_for_older_sources(
+    tmp_path: Path, function_sources: Path
+) -> None:
+    target = tmp_path / "jars"
     jar = stack.function_jar(target)
     built_at = jar.stat().st_mtime_ns
 
     assert stack.function_jar(target).stat().st_mtime_ns == built_at
 
     # Another checkout: an added class whose file is older than the jar.
-    write_source(sources, "Second", "", mtime=1_000_000_000)
+    write_source(function_sources, "Second", "", mtime=1_000_000_000)
     rebuilt = stack.function_jar(target)
 
     assert jar_classes(rebuilt) == {
@@ -70,18 +77,16 @@ def test_function_jar_rebuilt_for_older_sources(
 
 
 def test_function_jar_without_digest_uses_mtimes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, function_sources: Path
 ) -> None:
-    sources, target = tmp_path / "java", tmp_path / "jars"
-    monkeypatch.setattr(stack, "FUNCTION_SOURCES", sources)
-    write_source(sources, "First", "", mtime=1_000_000_000)
+    target = tmp_path / "jars"
     jar = stack.function_jar(target)
     # The container image builds the jar after the sources, with no digest.
-    (target / f"{stack.FUNCTION_JAR}.sha256").unlink()
+    (target / stack.FUNCTION_JAR_DIGEST).unlink()
     built_at = jar.stat().st_mtime_ns
 
     assert stack.function_jar(target).stat().st_mtime_ns == built_at
 
-    write_source(sources, "First", "int x;", mtime=jar.stat().st_mtime + 60)
+    write_source(function_sources, "First", "int x;", mtime=jar.stat().st_mtime + 60)
 
     assert stack.function_jar(target).stat().st_mtime_ns != built_at
