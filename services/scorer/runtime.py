@@ -63,9 +63,10 @@ class Runtime:
     rollout: Rollout | None = None
     migrated: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # Tree SHAP takes a millisecond or more per request and LightGBM releases
-    # the GIL meanwhile, so it runs here while the event loop serves others.
-    # One thread keeps the explanations to one core beside the loop.
+    # Tree SHAP by LightGBM, for models without contribution tables, takes a
+    # millisecond or more per request and releases the GIL meanwhile, so it
+    # runs here while the event loop serves others. One thread keeps the
+    # explanations to one core beside the loop.
     explain_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="explain")
     )

@@ -115,10 +115,15 @@ async def judge(
     # made has none, which also keeps an outage from adding the cost of
     # contributions to every request.
     reasons: list[dict[str, Any]] = []
-    if model_decision != "allow" and served.explainer is not None:
-        found = await asyncio.get_running_loop().run_in_executor(
-            runtime.explain_executor, served.explainer.reasons, features
-        )
+    explainer = served.explainer
+    if model_decision != "allow" and explainer is not None:
+        if explainer.tables is not None:
+            # The tables take about 0.1 ms, less than a hand-off to the thread.
+            found = explainer.reasons(features)
+        else:
+            found = await asyncio.get_running_loop().run_in_executor(
+                runtime.explain_executor, explainer.reasons, features
+            )
         reasons = [reason.model_dump() for reason in found]
         elapsed = time.perf_counter() - inferred
         runtime.metrics.child(stages, "explain").observe(elapsed)
