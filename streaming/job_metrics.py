@@ -167,6 +167,10 @@ def _value(vertex: str, item: dict[str, Any]) -> MetricValue:
     return MetricValue(vertex, item["id"], float(value))
 
 
+# Exceptions of a failed or malformed REST response.
+REST_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
 class FlinkJobCollector(Collector):
     """Prometheus collector that reads the job's metrics at each scrape."""
 
@@ -179,8 +183,7 @@ class FlinkJobCollector(Collector):
         )
         try:
             values = self._client.vertex_metrics()
-            state_bytes = self._client.checkpoint_state_bytes()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except REST_ERRORS as exc:
             log.warning(
                 "reading the job's metrics from the Flink REST API failed: %s", exc
             )
@@ -190,6 +193,16 @@ class FlinkJobCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         yield from _families(values)
+        # The operators' metrics are valid without the checkpoint size, so an error
+        # of the checkpoints endpoint alone leaves out only this gauge.
+        try:
+            state_bytes = self._client.checkpoint_state_bytes()
+        except REST_ERRORS as exc:
+            log.warning(
+                "reading the job's checkpoints from the Flink REST API failed: %s",
+                exc,
+            )
+            return
         if state_bytes is not None:
             yield GaugeMetricFamily(
                 "fraud_stream_checkpoint_state_bytes",

@@ -117,3 +117,21 @@ def test_job_metrics_checkpoint_state_size():
 
     assert state not in before
     assert after[state] == 123_456.0
+
+
+class CheckpointsFailingClient(FixedClient):
+    """A REST client whose checkpoints endpoint returns an error."""
+
+    def checkpoint_state_bytes(self) -> float | None:
+        raise OSError("HTTP Error 500: Internal Server Error")
+
+
+def test_job_metrics_kept_when_checkpoints_fail():
+    values = [MetricValue("parse records", "parse_records.dead_letter_records", 3)]
+    dead = ("fraud_stream_dead_letters_total", (("operator", "parse_records"),))
+
+    samples = exported(CheckpointsFailingClient(values))
+
+    assert samples[("fraud_stream_up", ())] == 1.0
+    assert samples[dead] == 3.0
+    assert ("fraud_stream_checkpoint_state_bytes", ()) not in samples
