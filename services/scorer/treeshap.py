@@ -5,7 +5,8 @@ path. Take a path whose distinct features form the set ``D`` of size ``d``.
 Each feature ``j`` in ``D`` has a zero fraction ``z_j``, the share of training
 rows that followed the path at its splits on ``j`` (a product of cover ratios).
 It also has a one fraction ``o_j``, which is 1 when the row follows the path at
-all of those splits and 0 otherwise. The contribution of feature ``k`` from leaf value ``v`` is::
+all of those splits and 0 otherwise. The contribution of feature ``k`` from leaf
+value ``v`` is::
 
     v * (o_k - z_k) * sum over S in D \\ {k} of
         |S|! (d - |S| - 1)! / d! * prod(o_j, j in S) * prod(z_j, j not in S, j != k)
