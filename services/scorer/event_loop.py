@@ -40,39 +40,68 @@ async def responsive_timeout(budget: float, limit: float) -> AsyncIterator[None]
         TimeoutError: when the timeout expires, as ``asyncio.timeout`` does.
     """
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
     start = loop.time()
     async with asyncio.timeout_at(start + limit) as timeout:
-        handle: list[asyncio.Handle] = []
-        rechecked = False
-
-        def check() -> None:
-            nonlocal rechecked
-            if timeout.expired():
-                return
-            now = loop.time()
-            if not waits_for_future(task):
-                rechecked = False
-                handle[0] = loop.call_at(now + RECHECK_SECONDS, check)
-            elif not rechecked:
-                rechecked = True
-                handle[0] = loop.call_soon(check_after_next_read)
-            else:
-                timeout.reschedule(now)
-
-        def check_after_next_read() -> None:
-            # On uvloop, a callback scheduled from a timer runs before the loop
-            # reads its sockets, and so may a timer due 1 ms later, because the
-            # loop's clock is read once per iteration. A callback scheduled from
-            # a callback runs after the next read, on uvloop and on asyncio's
-            # own loop.
-            handle[0] = loop.call_soon(check)
-
-        handle.append(loop.call_at(start + budget, check))
+        checks = _BudgetChecks(loop, asyncio.current_task(), timeout)
+        checks.schedule(start + budget)
         try:
             yield
         finally:
-            handle[0].cancel()
+            checks.cancel()
+
+
+class _BudgetChecks:
+    """The checks of one :func:`responsive_timeout` after its budget ran out."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[Any] | None,
+        timeout: asyncio.Timeout,
+    ) -> None:
+        self._loop = loop
+        self._task = task
+        self._timeout = timeout
+        self._rechecked = False
+        self._handle: asyncio.Handle | None = None
+
+    def schedule(self, when: float) -> None:
+        """Run the first check at ``when`` on the loop's clock."""
+        self._handle = self._loop.call_at(when, self._check)
+
+    def cancel(self) -> None:
+        """Cancel the pending check.
+
+        The handle refers to this object, which refers to the request's task.
+        Dropping it breaks that cycle, so reference counting frees the
+        request's objects at once. Left to the cyclic garbage collector, they
+        made it run about seven times as often under load, and each of its
+        runs paused the loop for about 20 ms (Python 3.11).
+        """
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        if self._timeout.expired():
+            return
+        now = self._loop.time()
+        if not waits_for_future(self._task):
+            self._rechecked = False
+            self._handle = self._loop.call_at(now + RECHECK_SECONDS, self._check)
+        elif not self._rechecked:
+            self._rechecked = True
+            self._handle = self._loop.call_soon(self._check_after_next_read)
+        else:
+            self._timeout.reschedule(now)
+
+    def _check_after_next_read(self) -> None:
+        # On uvloop, a callback scheduled from a timer runs before the loop
+        # reads its sockets, and so may a timer due 1 ms later, because the
+        # loop's clock is read once per iteration. A callback scheduled from
+        # a callback runs after the next read, on uvloop and on asyncio's
+        # own loop.
+        self._handle = self._loop.call_soon(self._check)
 
 
 def waits_for_future(task: asyncio.Task[Any] | None) -> bool:

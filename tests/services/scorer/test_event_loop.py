@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -133,3 +135,28 @@ def test_limit_ends_wait_for_runnable_call(run: Run) -> None:
         return time.monotonic() - started
 
     assert 0.09 <= run(always_runnable()) < 0.4
+
+
+async def finished_task_reference() -> weakref.ref[asyncio.Task[None]]:
+    """Run a task through a responsive timeout and return a weak reference to it."""
+
+    async def request() -> None:
+        async with responsive_timeout(0.01, 1.0):
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(request())
+    await task
+    reference = weakref.ref(task)
+    del task
+    return reference
+
+
+def test_responsive_timeout_leaves_no_cycle(run: Run) -> None:
+    # With the cyclic collector off, only reference counting can free the task.
+    gc.disable()
+    try:
+        reference = run(finished_task_reference())
+    finally:
+        gc.enable()
+
+    assert reference() is None
