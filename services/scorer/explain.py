@@ -136,7 +136,7 @@ def checked_tables(booster: lgb.Booster, version: str) -> PathTables | None:
             "model %s: %s, so LightGBM computes its reasons (slower)", version, exc
         )
         return None
-    rows = probe_rows(booster)[:TABLE_PROBE_ROWS]
+    rows = probe_rows(booster, TABLE_PROBE_ROWS)
     expected = Explainer(booster).contributions(rows)
     actual = Explainer(booster, tables).contributions(rows)
     difference = float(np.abs(actual - expected).max())

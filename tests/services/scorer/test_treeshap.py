@@ -95,12 +95,17 @@ def test_single_leaf_trees_give_zero_contributions() -> None:
     assert contributions.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
-def test_nan_missing_type_unsupported() -> None:
+def nan_split_booster() -> lightgbm.Booster:
+    """A model trained with missing values, so its splits have missing type NaN."""
     rng = np.random.default_rng(4)
     features = rng.normal(size=(400, 3)).astype(np.float32)
     features[::3, 0] = np.nan
     labels = (np.nan_to_num(features[:, 0]) + features[:, 1] > 0).astype(np.int64)
-    booster = fit(features, labels)
+    return fit(features, labels)
+
+
+def test_nan_missing_type_unsupported() -> None:
+    booster = nan_split_booster()
 
     with pytest.raises(UnsupportedTree, match="missing type 'NaN'"):
         build_tables(booster)
@@ -122,11 +127,7 @@ def test_categorical_split_unsupported() -> None:
 def test_unsupported_model_falls_back_to_lightgbm(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rng = np.random.default_rng(4)
-    features = rng.normal(size=(400, 3)).astype(np.float32)
-    features[::3, 0] = np.nan
-    labels = (features[:, 1] > 0).astype(np.int64)
-    booster = fit(features, labels)
+    booster = nan_split_booster()
 
     with caplog.at_level(logging.WARNING):
         tables = checked_tables(booster, "v1")
